@@ -1,0 +1,21 @@
+/*
+ * Internals shared by the Lua bindings of cproxy.core.
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef CPROXY_H
+#define CPROXY_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#define CPROXY_SOCKS5_MT "cproxy.socks5"
+#define CPROXY_ENGINE_MT "cproxy.engine"
+
+/* Pushes nil, strerror(err), err and returns 3 (errors.c). */
+int errors_push(lua_State *L, int err);
+
+/* Each adds its functions to the module table on the top of the stack. */
+void socks5_lua_open(lua_State *L);
+void engine_lua_open(lua_State *L);
+
+#endif

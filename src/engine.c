@@ -1,0 +1,464 @@
+/*
+ * Relay engine: a thread running an edge-triggered epoll loop over the
+ * sockets of all active relays (in the manner of Redis' ae.c, reduced to
+ * what a relay needs).
+ *
+ * Why a thread of its own: copying gigabytes keeps a core busy. On
+ * Prosody's thread that work would delay every stanza; on its own thread
+ * the kernel schedules it beside Prosody's loop, which only ever sees one
+ * eventfd turn readable when relays finish.
+ *
+ * Hand-over between threads is a mutex-protected list plus an eventfd in
+ * each direction; the hot path (pumping bytes) takes no lock.
+ * SPDX-License-Identifier: MIT
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "fd.h"
+
+#define MAX_EVENTS 64
+/* Bytes one direction may move before other relays get their turn. */
+#define PUMP_BUDGET (8u << 20)
+#define SWEEP_INTERVAL_MS 1000
+
+struct entry;
+
+struct tag {
+	struct entry *entry;
+	int side;
+};
+
+struct entry {
+	struct relay relay;
+	uint64_t id;
+	struct tag tag[2];
+	int64_t last_active_ms;
+	uint64_t last_bytes;
+	int queued;	/* on the run list */
+	struct entry *run_next;
+	struct entry *prev, *next;	/* active list (thread) or incoming list */
+};
+
+struct engine {
+	struct engine_config cfg;
+	int epfd, wakefd, notifyfd;
+	pthread_t thread;
+	int thread_started;
+
+	pthread_mutex_t lock;	/* guards the fields down to `stats` */
+	struct entry *incoming;
+	struct engine_result *done;
+	size_t done_len, done_cap;
+	int stopping;
+	struct engine_stats stats;
+
+	/* Owned by the engine thread. */
+	struct entry *active;
+	struct entry *run_head, *run_tail;
+	struct relay_buffer buf;
+};
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void
+signal_fd(int fd)
+{
+	uint64_t one = 1;
+
+	/* An eventfd only fails to count when it would overflow: ignore. */
+	while (write(fd, &one, sizeof(one)) < 0 && errno == EINTR) {
+	}
+}
+
+static void
+clear_fd(int fd)
+{
+	uint64_t count;
+
+	while (read(fd, &count, sizeof(count)) < 0 && errno == EINTR) {
+	}
+}
+
+static void
+run_push(struct engine *e, struct entry *en)
+{
+	if (en->queued) {
+		return;
+	}
+	en->queued = 1;
+	en->run_next = NULL;
+	if (e->run_tail) {
+		e->run_tail->run_next = en;
+	} else {
+		e->run_head = en;
+	}
+	e->run_tail = en;
+}
+
+static uint64_t
+entry_bytes(const struct entry *en)
+{
+	return en->relay.dir[0].bytes + en->relay.dir[1].bytes;
+}
+
+/* Ends a relay: closes it and publishes its result. */
+static void
+finish(struct engine *e, struct entry *en, int timed_out)
+{
+	struct engine_result res;
+	int publish;
+
+	for (int side = 0; side < 2; side++) {
+		(void)epoll_ctl(e->epfd, EPOLL_CTL_DEL, en->relay.fd[side], NULL);
+	}
+	res.id = en->id;
+	res.bytes[0] = en->relay.dir[0].bytes;
+	res.bytes[1] = en->relay.dir[1].bytes;
+	res.error = timed_out ? ETIMEDOUT : en->relay.error;
+	res.failed_side = en->relay.failed_side;
+	res.timed_out = timed_out;
+	relay_close(&en->relay, &e->buf);
+	if (en->prev) {
+		en->prev->next = en->next;
+	} else {
+		e->active = en->next;
+	}
+	if (en->next) {
+		en->next->prev = en->prev;
+	}
+
+	pthread_mutex_lock(&e->lock);
+	publish = !e->stopping;
+	if (publish && e->done_len == e->done_cap) {
+		size_t cap = e->done_cap ? e->done_cap * 2 : 16;
+		struct engine_result *grown = realloc(e->done, cap * sizeof(*grown));
+		if (grown) {
+			e->done = grown;
+			e->done_cap = cap;
+		}
+	}
+	if (publish && e->done_len < e->done_cap) {
+		e->done[e->done_len++] = res;
+	}
+	e->stats.active--;
+	e->stats.finished++;
+	e->stats.bytes += res.bytes[0] + res.bytes[1];
+	if (timed_out) {
+		e->stats.timed_out++;
+	} else if (res.error) {
+		e->stats.failed++;
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (publish) {
+		signal_fd(e->notifyfd);
+	}
+	free(en);
+}
+
+static int
+watch(struct engine *e, struct entry *en, int side)
+{
+	struct epoll_event ev;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+	ev.data.ptr = &en->tag[side];
+	return epoll_ctl(e->epfd, EPOLL_CTL_ADD, en->relay.fd[side], &ev) < 0 ? errno : 0;
+}
+
+/* Takes the relays handed over since the last wake-up. Returns stopping. */
+static int
+take_incoming(struct engine *e)
+{
+	struct entry *list;
+	int stopping;
+
+	pthread_mutex_lock(&e->lock);
+	list = e->incoming;
+	e->incoming = NULL;
+	stopping = e->stopping;
+	pthread_mutex_unlock(&e->lock);
+	while (list) {
+		struct entry *en = list;
+		list = list->next;
+		en->prev = NULL;
+		en->next = e->active;
+		if (e->active) {
+			e->active->prev = en;
+		}
+		e->active = en;
+		en->last_active_ms = now_ms();
+		int err = watch(e, en, 0);
+		if (!err) {
+			err = watch(e, en, 1);
+		}
+		if (err) {
+			en->relay.error = err;
+			finish(e, en, 0);
+			continue;
+		}
+		run_push(e, en);	/* send early bytes, read what is waiting */
+	}
+	return stopping;
+}
+
+static void
+run_all(struct engine *e)
+{
+	struct entry *list = e->run_head;
+
+	e->run_head = e->run_tail = NULL;
+	while (list) {
+		struct entry *en = list;
+		list = list->run_next;
+		en->queued = 0;
+		switch (relay_pump(&en->relay, &e->buf, PUMP_BUDGET)) {
+		case RELAY_FINISHED:
+			finish(e, en, 0);
+			break;
+		case RELAY_MORE:
+			run_push(e, en);
+			break;
+		case RELAY_BLOCKED:
+			break;
+		}
+	}
+}
+
+static void
+sweep_idle(struct engine *e, int64_t now)
+{
+	struct entry *en = e->active;
+
+	while (en) {
+		struct entry *next = en->next;
+		uint64_t bytes = entry_bytes(en);
+		if (bytes != en->last_bytes) {
+			en->last_bytes = bytes;
+			en->last_active_ms = now;
+		} else if (now - en->last_active_ms >= e->cfg.idle_timeout_ms && !en->queued) {
+			finish(e, en, 1);
+		}
+		en = next;
+	}
+}
+
+static void *
+engine_main(void *arg)
+{
+	struct engine *e = arg;
+	struct epoll_event events[MAX_EVENTS];
+	int64_t next_sweep = now_ms() + SWEEP_INTERVAL_MS;
+
+	for (;;) {
+		int timeout = -1;
+		if (e->run_head) {
+			timeout = 0;
+		} else if (e->cfg.idle_timeout_ms > 0) {
+			timeout = SWEEP_INTERVAL_MS;
+		}
+		int n = epoll_wait(e->epfd, events, MAX_EVENTS, timeout);
+		if (n < 0 && errno != EINTR) {
+			break;	/* only EBADF/EINVAL: a broken engine, stop */
+		}
+		for (int i = 0; i < n; i++) {
+			struct tag *tag = events[i].data.ptr;
+			if (tag == NULL) {
+				clear_fd(e->wakefd);
+				if (take_incoming(e)) {
+					goto stop;
+				}
+				continue;
+			}
+			relay_event(&tag->entry->relay, tag->side, events[i].events);
+			run_push(e, tag->entry);
+		}
+		run_all(e);
+		if (e->cfg.idle_timeout_ms > 0) {
+			int64_t now = now_ms();
+			if (now >= next_sweep) {
+				sweep_idle(e, now);
+				next_sweep = now + SWEEP_INTERVAL_MS;
+			}
+		}
+	}
+stop:
+	while (e->active) {
+		finish(e, e->active, 0);
+	}
+	return NULL;
+}
+
+struct engine *
+engine_new(const struct engine_config *cfg, int *err)
+{
+	struct engine *e = calloc(1, sizeof(*e));
+	struct epoll_event ev;
+	sigset_t all, old;
+
+	if (e == NULL) {
+		*err = ENOMEM;
+		return NULL;
+	}
+	e->cfg = *cfg;
+	e->epfd = e->wakefd = e->notifyfd = -1;
+	pthread_mutex_init(&e->lock, NULL);
+	e->buf.size = cfg->buffer_size ? cfg->buffer_size : (4u << 20);
+	e->buf.data = malloc(e->buf.size);
+	if (e->buf.data == NULL) {
+		*err = ENOMEM;
+		goto fail;
+	}
+	e->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (e->epfd < 0) {
+		*err = errno;
+		goto fail;
+	}
+	if ((*err = fd_eventfd(&e->wakefd)) || (*err = fd_eventfd(&e->notifyfd))) {
+		goto fail;
+	}
+	memset(&ev, 0, sizeof(ev));
+	ev.events = EPOLLIN;
+	ev.data.ptr = NULL;
+	if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->wakefd, &ev) < 0) {
+		*err = errno;
+		goto fail;
+	}
+	/* Signals belong to the host's main thread: block them all here. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	*err = pthread_create(&e->thread, NULL, engine_main, e);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (*err) {
+		goto fail;
+	}
+	e->thread_started = 1;
+	return e;
+fail:
+	engine_free(e);
+	return NULL;
+}
+
+int
+engine_notify_fd(const struct engine *e)
+{
+	return e->notifyfd;
+}
+
+static void
+apply_sockbuf(int fd, int size)
+{
+	/* Best effort: the kernel clamps to its maxima. */
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+	(void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+}
+
+int
+engine_add(struct engine *e, uint64_t id, int fd0, int fd1,
+    const uint8_t *early0, size_t len0, const uint8_t *early1, size_t len1)
+{
+	struct entry *en = calloc(1, sizeof(*en));
+	int err;
+
+	if (en == NULL) {
+		err = ENOMEM;
+		goto fail;
+	}
+	err = relay_init(&en->relay, fd0, fd1, early0, len0, early1, len1, e->cfg.mode);
+	if (err) {
+		goto fail;
+	}
+	if (e->cfg.sockbuf > 0) {
+		apply_sockbuf(fd0, e->cfg.sockbuf);
+		apply_sockbuf(fd1, e->cfg.sockbuf);
+	}
+	en->id = id;
+	en->tag[0].entry = en->tag[1].entry = en;
+	en->tag[0].side = 0;
+	en->tag[1].side = 1;
+	pthread_mutex_lock(&e->lock);
+	en->next = e->incoming;
+	e->incoming = en;
+	e->stats.started++;
+	e->stats.active++;
+	pthread_mutex_unlock(&e->lock);
+	signal_fd(e->wakefd);
+	return 0;
+fail:
+	free(en);
+	fd_close(&fd0);
+	fd_close(&fd1);
+	return err;
+}
+
+size_t
+engine_reap(struct engine *e, struct engine_result *out, size_t max)
+{
+	size_t n;
+
+	clear_fd(e->notifyfd);
+	pthread_mutex_lock(&e->lock);
+	n = e->done_len < max ? e->done_len : max;
+	memcpy(out, e->done, n * sizeof(*out));
+	memmove(e->done, e->done + n, (e->done_len - n) * sizeof(*out));
+	e->done_len -= n;
+	if (e->done_len > 0) {
+		signal_fd(e->notifyfd);	/* more to take: stay readable */
+	}
+	pthread_mutex_unlock(&e->lock);
+	return n;
+}
+
+void
+engine_get_stats(struct engine *e, struct engine_stats *st)
+{
+	pthread_mutex_lock(&e->lock);
+	*st = e->stats;
+	pthread_mutex_unlock(&e->lock);
+}
+
+void
+engine_free(struct engine *e)
+{
+	if (e == NULL) {
+		return;
+	}
+	if (e->thread_started) {
+		pthread_mutex_lock(&e->lock);
+		e->stopping = 1;
+		pthread_mutex_unlock(&e->lock);
+		signal_fd(e->wakefd);
+		pthread_join(e->thread, NULL);
+	}
+	/* Relays handed over but never picked up by the thread. */
+	while (e->incoming) {
+		struct entry *en = e->incoming;
+		e->incoming = en->next;
+		relay_close(&en->relay, &e->buf);
+		free(en);
+	}
+	fd_close(&e->epfd);
+	fd_close(&e->wakefd);
+	fd_close(&e->notifyfd);
+	free(e->done);
+	free(e->buf.data);
+	pthread_mutex_destroy(&e->lock);
+	free(e);
+}

@@ -1,0 +1,61 @@
+/*
+ * The relay engine: one thread with one epoll set that runs every
+ * activated bytestream of a proxy65 instance. Pure C: no Lua.
+ * The owner hands over socket pairs with engine_add() and learns of
+ * finished relays by watching engine_notify_fd() and calling engine_reap().
+ * All state lives in the engine object: no globals, so two instances (or a
+ * reloaded module) never share anything.
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef CPROXY_ENGINE_H
+#define CPROXY_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "relay.h"
+
+struct engine_config {
+	size_t buffer_size;	/* copy-mode scratch buffer, shared by all relays */
+	enum relay_mode mode;
+	int idle_timeout_ms;	/* 0: relays never time out */
+	int sockbuf;	/* SO_SNDBUF/SO_RCVBUF to set, 0: leave to the kernel */
+};
+
+struct engine_result {
+	uint64_t id;
+	uint64_t bytes[2];	/* delivered from fd[0] and from fd[1] */
+	int error;	/* errno, 0 on a clean end */
+	int failed_side;	/* -1 if none */
+	int timed_out;
+};
+
+struct engine_stats {
+	uint64_t started, finished, failed, timed_out, active;
+	uint64_t bytes;	/* delivered by finished relays */
+};
+
+struct engine;
+
+/* Returns NULL with *err set to an errno value on failure. */
+struct engine *engine_new(const struct engine_config *cfg, int *err);
+
+/* Readable (eventfd) when engine_reap() has results. */
+int engine_notify_fd(const struct engine *e);
+
+/*
+ * Hand over two connected sockets. The engine owns them from here on,
+ * even on failure (they are then closed). Returns 0 or an errno value.
+ */
+int engine_add(struct engine *e, uint64_t id, int fd0, int fd1,
+    const uint8_t *early0, size_t len0, const uint8_t *early1, size_t len1);
+
+/* Copies up to max finished results to out; returns how many. */
+size_t engine_reap(struct engine *e, struct engine_result *out, size_t max);
+
+void engine_get_stats(struct engine *e, struct engine_stats *st);
+
+/* Stops the thread and closes every socket it still holds. */
+void engine_free(struct engine *e);
+
+#endif

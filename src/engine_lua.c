@@ -1,0 +1,234 @@
+/*
+ * Lua binding of the relay engine: cproxy.core.engine{...}.
+ * SPDX-License-Identifier: MIT
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "cproxy.h"
+#include "engine.h"
+
+#define REAP_BATCH 64
+
+struct engine_ud {
+	struct engine *engine;	/* NULL once closed */
+	uint64_t next_id;
+};
+
+static struct engine_ud *
+check_engine_ud(lua_State *L)
+{
+	return luaL_checkudata(L, 1, CPROXY_ENGINE_MT);
+}
+
+static struct engine *
+check_engine(lua_State *L)
+{
+	struct engine_ud *ud = check_engine_ud(L);
+
+	luaL_argcheck(L, ud->engine != NULL, 1, "engine is closed");
+	return ud->engine;
+}
+
+static lua_Integer
+opt_field(lua_State *L, int t, const char *name, lua_Integer def, lua_Integer min,
+    lua_Integer max)
+{
+	lua_Integer v;
+
+	lua_getfield(L, t, name);
+	if (lua_isnil(L, -1)) {
+		v = def;
+	} else {
+		int ok;
+		v = lua_tointegerx(L, -1, &ok);
+		if (!ok || v < min || v > max) {
+			luaL_error(L, "option '%s' must be an integer in [%I, %I]", name, min, max);
+		}
+	}
+	lua_pop(L, 1);
+	return v;
+}
+
+/*
+ * engine{ buffer_size=, mode="copy"|"splice", idle_timeout=seconds, sockbuf= }
+ *   -> engine | nil, err, errno
+ */
+static int
+l_new(lua_State *L)
+{
+	static const char *const modes[] = { "copy", "splice", NULL };
+	struct engine_config cfg;
+	struct engine_ud *ud;
+	int err;
+
+	memset(&cfg, 0, sizeof(cfg));
+	if (!lua_isnoneornil(L, 1)) {
+		luaL_checktype(L, 1, LUA_TTABLE);
+		cfg.buffer_size = (size_t)opt_field(L, 1, "buffer_size", 4 << 20, 4096, 1 << 30);
+		cfg.idle_timeout_ms = (int)opt_field(L, 1, "idle_timeout", 0, 0, 86400 * 365) * 1000;
+		cfg.sockbuf = (int)opt_field(L, 1, "sockbuf", 0, 0, 1 << 30);
+		lua_getfield(L, 1, "mode");
+		cfg.mode = (enum relay_mode)luaL_checkoption(L, -1, "copy", modes);
+		lua_pop(L, 1);
+	} else {
+		cfg.buffer_size = 4 << 20;
+	}
+	ud = lua_newuserdatauv(L, sizeof(*ud), 0);
+	ud->engine = NULL;
+	ud->next_id = 1;
+	luaL_setmetatable(L, CPROXY_ENGINE_MT);
+	ud->engine = engine_new(&cfg, &err);
+	if (ud->engine == NULL) {
+		return errors_push(L, err);
+	}
+	return 1;
+}
+
+/* (engine) -> fd   readable when relays have finished */
+static int
+l_getfd(lua_State *L)
+{
+	lua_pushinteger(L, engine_notify_fd(check_engine(L)));
+	return 1;
+}
+
+/*
+ * (engine, target_fd, initiator_fd[, target_early[, initiator_early]])
+ *   -> id | nil, err, errno
+ * The engine owns both fds from here on, also on failure.
+ */
+static int
+l_add(lua_State *L)
+{
+	struct engine_ud *ud = check_engine_ud(L);
+	lua_Integer fd0 = luaL_checkinteger(L, 2);
+	lua_Integer fd1 = luaL_checkinteger(L, 3);
+	size_t len0 = 0, len1 = 0;
+	const char *early0 = luaL_optlstring(L, 4, "", &len0);
+	const char *early1 = luaL_optlstring(L, 5, "", &len1);
+	uint64_t id;
+	int err;
+
+	luaL_argcheck(L, ud->engine != NULL, 1, "engine is closed");
+	luaL_argcheck(L, fd0 >= 0 && fd0 <= 0x7fffffff, 2, "invalid fd");
+	luaL_argcheck(L, fd1 >= 0 && fd1 <= 0x7fffffff && fd1 != fd0, 3, "invalid fd");
+	id = ud->next_id++;
+	err = engine_add(ud->engine, id, (int)fd0, (int)fd1, (const uint8_t *)early0,
+	    len0, (const uint8_t *)early1, len1);
+	if (err) {
+		return errors_push(L, err);
+	}
+	lua_pushinteger(L, (lua_Integer)id);
+	return 1;
+}
+
+static void
+set_integer(lua_State *L, const char *name, uint64_t v)
+{
+	lua_pushinteger(L, (lua_Integer)v);
+	lua_setfield(L, -2, name);
+}
+
+/*
+ * (engine) -> { { id=, target_bytes=, initiator_bytes=, timed_out=,
+ *                error=, errno=, failed="target"|"initiator" }, ... }
+ * target_bytes counts what the target sent, delivered to the initiator.
+ */
+static int
+l_reap(lua_State *L)
+{
+	struct engine *e = check_engine(L);
+	struct engine_result res[REAP_BATCH];
+	size_t n;
+	lua_Integer k = 0;
+
+	lua_newtable(L);
+	do {
+		n = engine_reap(e, res, REAP_BATCH);
+		for (size_t i = 0; i < n; i++) {
+			lua_createtable(L, 0, 7);
+			set_integer(L, "id", res[i].id);
+			set_integer(L, "target_bytes", res[i].bytes[0]);
+			set_integer(L, "initiator_bytes", res[i].bytes[1]);
+			lua_pushboolean(L, res[i].timed_out);
+			lua_setfield(L, -2, "timed_out");
+			if (res[i].error) {
+				lua_pushstring(L, strerror(res[i].error));
+				lua_setfield(L, -2, "error");
+				set_integer(L, "errno", (uint64_t)res[i].error);
+			}
+			if (res[i].failed_side >= 0) {
+				lua_pushstring(L, res[i].failed_side == 0 ? "target" : "initiator");
+				lua_setfield(L, -2, "failed");
+			}
+			lua_rawseti(L, -2, ++k);
+		}
+	} while (n == REAP_BATCH);
+	return 1;
+}
+
+/* (engine) -> { started=, finished=, failed=, timed_out=, active=, bytes= } */
+static int
+l_stats(lua_State *L)
+{
+	struct engine_stats st;
+
+	engine_get_stats(check_engine(L), &st);
+	lua_createtable(L, 0, 6);
+	set_integer(L, "started", st.started);
+	set_integer(L, "finished", st.finished);
+	set_integer(L, "failed", st.failed);
+	set_integer(L, "timed_out", st.timed_out);
+	set_integer(L, "active", st.active);
+	set_integer(L, "bytes", st.bytes);
+	return 1;
+}
+
+/* (engine) -> true   stops the thread and closes all relays; idempotent */
+static int
+l_close(lua_State *L)
+{
+	struct engine_ud *ud = check_engine_ud(L);
+
+	engine_free(ud->engine);
+	ud->engine = NULL;
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int
+l_tostring(lua_State *L)
+{
+	struct engine_ud *ud = check_engine_ud(L);
+
+	lua_pushfstring(L, "relay engine (%s): %p", ud->engine ? "running" : "closed",
+	    (void *)ud);
+	return 1;
+}
+
+void
+engine_lua_open(lua_State *L)
+{
+	static const luaL_Reg methods[] = {
+		{ "getfd", l_getfd },
+		{ "add", l_add },
+		{ "reap", l_reap },
+		{ "stats", l_stats },
+		{ "close", l_close },
+		{ NULL, NULL }
+	};
+
+	luaL_newmetatable(L, CPROXY_ENGINE_MT);
+	luaL_newlib(L, methods);
+	lua_setfield(L, -2, "__index");
+	lua_pushcfunction(L, l_close);
+	lua_setfield(L, -2, "__gc");
+	lua_pushcfunction(L, l_close);
+	lua_setfield(L, -2, "__close");
+	lua_pushcfunction(L, l_tostring);
+	lua_setfield(L, -2, "__tostring");
+	lua_pop(L, 1);
+	lua_pushcfunction(L, l_new);
+	lua_setfield(L, -2, "engine");
+}

@@ -1,0 +1,88 @@
+/*
+ * File-descriptor helpers: non-blocking and close-on-exec set at creation,
+ * EINTR retried, errno returned rather than left in a global.
+ * SPDX-License-Identifier: MIT
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "fd.h"
+
+/* At most this many bytes are dropped when a socket is being closed. */
+#define DISCARD_MAX (64u << 20)
+
+int
+fd_set_nonblocking(int fd)
+{
+	int flags = fcntl(fd, F_GETFL);
+
+	if (flags < 0) {
+		return errno;
+	}
+	if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+		return errno;
+	}
+	return 0;
+}
+
+int
+fd_pipe(int fds[2])
+{
+	if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+		fds[0] = fds[1] = -1;
+		return errno;
+	}
+	return 0;
+}
+
+int
+fd_eventfd(int *fd)
+{
+	*fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	return *fd < 0 ? errno : 0;
+}
+
+int
+fd_socket_error(int fd)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) {
+		return errno;
+	}
+	return err;
+}
+
+void
+fd_discard_input(int fd, void *scratch, size_t size)
+{
+	size_t dropped = 0;
+
+	while (dropped < DISCARD_MAX) {
+		/* MSG_TRUNC: TCP drops the bytes without copying them. */
+		ssize_t n = recv(fd, scratch, size, MSG_TRUNC | MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		if (n <= 0) {
+			return;
+		}
+		dropped += (size_t)n;
+	}
+}
+
+void
+fd_close(int *fd)
+{
+	if (*fd >= 0) {
+		/* Linux always releases the fd, even when close() says EINTR. */
+		(void)close(*fd);
+		*fd = -1;
+	}
+}

@@ -1,0 +1,20 @@
+/*
+ * Small file-descriptor helpers (pure C). Each returns 0 or an errno value.
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef CPROXY_FD_H
+#define CPROXY_FD_H
+
+#include <stddef.h>
+
+int fd_set_nonblocking(int fd);
+int fd_pipe(int fds[2]);
+int fd_eventfd(int *fd);
+/* Pending SO_ERROR of a socket, 0 if none. */
+int fd_socket_error(int fd);
+/* Reads and drops whatever input is queued, without blocking (bounded). */
+void fd_discard_input(int fd, void *scratch, size_t size);
+/* close(*fd) if open and set it to -1. */
+void fd_close(int *fd);
+
+#endif

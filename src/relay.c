@@ -1,0 +1,351 @@
+/*
+ * The relay of one bytestream: two pumps, one per direction.
+ *
+ * Copy mode peeks at the source into a buffer shared by every relay of a
+ * thread, sends what the destination takes, and only then discards that
+ * much from the source (MSG_TRUNC, no copy). Unsent bytes therefore stay
+ * in the source's kernel buffer: no per-relay user memory, and TCP's own
+ * flow control pushes back on the sender.
+ * Splice mode moves pages through a pipe per direction (zero copy); the
+ * pipe bounds what is in flight.
+ *
+ * EOF on a source: the bytes already taken are delivered, then the
+ * destination gets shutdown(SHUT_WR). A relay ends when both directions
+ * have ended, or at the first socket error.
+ * SPDX-License-Identifier: MIT
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "fd.h"
+#include "relay.h"
+
+#define PIPE_SIZE (1 << 20)
+
+static void
+pump_init(struct pump *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->state = PUMP_WANT_READ;
+	p->ready = 1;	/* bytes may have arrived before activation */
+	p->pipe[0] = p->pipe[1] = -1;
+}
+
+static void
+pump_free(struct pump *p)
+{
+	free(p->early);
+	p->early = NULL;
+	fd_close(&p->pipe[0]);
+	fd_close(&p->pipe[1]);
+}
+
+static int
+copy_early(struct pump *p, const uint8_t *bytes, size_t len)
+{
+	if (len == 0) {
+		return 0;
+	}
+	p->early = malloc(len);
+	if (p->early == NULL) {
+		return ENOMEM;
+	}
+	memcpy(p->early, bytes, len);
+	p->early_len = len;
+	return 0;
+}
+
+int
+relay_init(struct relay *r, int fd0, int fd1, const uint8_t *early0,
+    size_t len0, const uint8_t *early1, size_t len1, enum relay_mode mode)
+{
+	int err;
+
+	memset(r, 0, sizeof(*r));
+	r->fd[0] = fd0;
+	r->fd[1] = fd1;
+	r->failed_side = -1;
+	r->mode = mode;
+	pump_init(&r->dir[0]);
+	pump_init(&r->dir[1]);
+	if ((err = fd_set_nonblocking(fd0)) || (err = fd_set_nonblocking(fd1))
+	    || (err = copy_early(&r->dir[0], early0, len0))
+	    || (err = copy_early(&r->dir[1], early1, len1))) {
+		goto fail;
+	}
+	if (mode == RELAY_SPLICE) {
+		for (int d = 0; d < 2; d++) {
+			if ((err = fd_pipe(r->dir[d].pipe))) {
+				goto fail;
+			}
+			/* Best effort: a smaller pipe only means more syscalls. */
+			(void)fcntl(r->dir[d].pipe[0], F_SETPIPE_SZ, PIPE_SIZE);
+		}
+	}
+	return 0;
+fail:
+	pump_free(&r->dir[0]);
+	pump_free(&r->dir[1]);
+	return err;
+}
+
+static enum relay_status
+fail(struct relay *r, int side, int err)
+{
+	if (r->error == 0) {
+		r->error = err ? err : EIO;
+		r->failed_side = side;
+	}
+	return RELAY_FINISHED;
+}
+
+/* Sends p->early to dst. Returns 1 when all of it is out. */
+static int
+send_early(struct relay *r, struct pump *p, int dst, int *err)
+{
+	while (p->early_off < p->early_len) {
+		ssize_t n = send(r->fd[dst], p->early + p->early_off,
+		    p->early_len - p->early_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			*err = errno;
+			return 0;
+		}
+		p->early_off += (size_t)n;
+		p->bytes += (uint64_t)n;
+	}
+	free(p->early);
+	p->early = NULL;
+	p->early_len = p->early_off = 0;
+	return 1;
+}
+
+/* Sends buf[0..len) to fd, as much as it takes. Returns bytes sent or -1. */
+static ssize_t
+send_some(int fd, const uint8_t *buf, size_t len)
+{
+	size_t sent = 0;
+
+	while (sent < len) {
+		ssize_t n = send(fd, buf + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				break;
+			}
+			return -1;
+		}
+		sent += (size_t)n;
+	}
+	return (ssize_t)sent;
+}
+
+/* One step of copy mode. Returns bytes moved, 0 on EOF, -1 with errno. */
+static ssize_t
+copy_step(int src, int dst, struct relay_buffer *buf, size_t want, int *failed_dst)
+{
+	ssize_t n, m;
+
+	do {
+		n = recv(src, buf->data, want, MSG_PEEK | MSG_DONTWAIT);
+	} while (n < 0 && errno == EINTR);
+	if (n <= 0) {
+		return n;
+	}
+	m = send_some(dst, buf->data, (size_t)n);
+	if (m < 0) {
+		*failed_dst = 1;
+		return -1;
+	}
+	if (m == 0) {
+		errno = EAGAIN;
+		*failed_dst = 1;
+		return -1;
+	}
+	/* Drop what was sent from the source; TCP discards without copying. */
+	ssize_t dropped;
+	do {
+		dropped = recv(src, buf->data, (size_t)m, MSG_TRUNC | MSG_DONTWAIT);
+	} while (dropped < 0 && errno == EINTR);
+	if (dropped != m) {	/* cannot happen: the bytes were just peeked */
+		errno = EIO;
+		return -1;
+	}
+	if (m < n) {	/* destination full */
+		errno = EAGAIN;
+		*failed_dst = 1;
+		return -1;
+	}
+	return m;
+}
+
+/* Empties the pipe of splice mode into dst. Returns 0, or -1 with errno. */
+static int
+splice_flush(struct pump *p, int dst)
+{
+	while (p->in_pipe > 0) {
+		ssize_t n = splice(p->pipe[0], NULL, dst, NULL, p->in_pipe,
+		    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (n < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			return -1;
+		}
+		p->in_pipe -= (size_t)n;
+		p->bytes += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* One step of splice mode, same contract as copy_step. */
+static ssize_t
+splice_step(struct pump *p, int src, int dst, size_t want, int *failed_dst)
+{
+	ssize_t n;
+
+	if (splice_flush(p, dst) < 0) {
+		*failed_dst = 1;
+		return -1;
+	}
+	do {
+		n = splice(src, NULL, p->pipe[1], NULL, want,
+		    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	} while (n < 0 && errno == EINTR);
+	if (n <= 0) {
+		return n;
+	}
+	p->in_pipe = (size_t)n;
+	if (splice_flush(p, dst) < 0) {
+		*failed_dst = 1;
+		return -1;
+	}
+	return n;
+}
+
+/* Runs direction d. Returns RELAY_MORE if it stopped on its budget. */
+static enum relay_status
+pump_run(struct relay *r, int d, struct relay_buffer *buf, size_t budget)
+{
+	struct pump *p = &r->dir[d];
+	int src = d, dst = 1 - d;
+	size_t moved = 0;
+	int err = 0;
+
+	p->ready = 0;
+	if (p->early && !send_early(r, p, dst, &err)) {
+		if (err == EAGAIN || err == EWOULDBLOCK) {
+			p->state = PUMP_WANT_WRITE;
+			return RELAY_BLOCKED;
+		}
+		return fail(r, dst, err);
+	}
+	while (!p->eof) {
+		int failed_dst = 0;
+		size_t want = r->mode == RELAY_SPLICE ? PIPE_SIZE : buf->size;
+		ssize_t n;
+
+		if (moved >= budget) {
+			p->ready = 1;
+			return RELAY_MORE;
+		}
+		if (r->mode == RELAY_SPLICE) {
+			n = splice_step(p, r->fd[src], r->fd[dst], want, &failed_dst);
+		} else {
+			n = copy_step(r->fd[src], r->fd[dst], buf, want, &failed_dst);
+			if (n > 0) {
+				p->bytes += (uint64_t)n;
+			}
+		}
+		if (n == 0) {
+			p->eof = 1;
+			break;
+		}
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				p->state = failed_dst ? PUMP_WANT_WRITE : PUMP_WANT_READ;
+				return RELAY_BLOCKED;
+			}
+			return fail(r, failed_dst ? dst : src, errno);
+		}
+		moved += (size_t)n;
+	}
+	/* EOF: everything taken is out; pass the half-close on. */
+	if (shutdown(r->fd[dst], SHUT_WR) < 0 && errno != ENOTCONN) {
+		return fail(r, dst, errno);
+	}
+	p->state = PUMP_DONE;
+	return RELAY_BLOCKED;
+}
+
+void
+relay_event(struct relay *r, int side, uint32_t events)
+{
+	const uint32_t gone = EPOLLHUP | EPOLLERR;
+
+	if (events & (EPOLLIN | EPOLLRDHUP | gone)) {
+		if (r->dir[side].state == PUMP_WANT_READ) {
+			r->dir[side].ready = 1;
+		}
+	}
+	if (events & (EPOLLOUT | gone)) {
+		if (r->dir[1 - side].state == PUMP_WANT_WRITE) {
+			r->dir[1 - side].ready = 1;
+		}
+	}
+	/* A reset socket with no direction waiting on it: fail it now. */
+	if ((events & EPOLLERR) && r->error == 0) {
+		int err = fd_socket_error(r->fd[side]);
+		if (err && r->dir[side].state == PUMP_DONE
+		    && r->dir[1 - side].state != PUMP_WANT_WRITE) {
+			fail(r, side, err);
+		}
+	}
+}
+
+enum relay_status
+relay_pump(struct relay *r, struct relay_buffer *buf, size_t budget)
+{
+	enum relay_status status = RELAY_BLOCKED;
+
+	for (int d = 0; d < 2 && r->error == 0; d++) {
+		if (r->dir[d].state != PUMP_DONE && r->dir[d].ready) {
+			if (pump_run(r, d, buf, budget) == RELAY_MORE) {
+				status = RELAY_MORE;
+			}
+		}
+	}
+	if (r->error != 0
+	    || (r->dir[0].state == PUMP_DONE && r->dir[1].state == PUMP_DONE)) {
+		return RELAY_FINISHED;
+	}
+	return status;
+}
+
+void
+relay_close(struct relay *r, struct relay_buffer *buf)
+{
+	for (int side = 0; side < 2; side++) {
+		if (r->fd[side] >= 0) {
+			/*
+			 * close() with unread input makes Linux send a reset,
+			 * which can destroy bytes still queued for the peer.
+			 * Drop the input and send FIN first, so they arrive.
+			 */
+			fd_discard_input(r->fd[side], buf->data, buf->size);
+			(void)shutdown(r->fd[side], SHUT_WR);
+			fd_close(&r->fd[side]);
+		}
+		pump_free(&r->dir[side]);
+	}
+}
