@@ -1,0 +1,156 @@
+-- The relay engine of cproxy.core, on real loopback sockets without
+-- Prosody: bytes, order, early data, half-close, reset and results.
+local socket = require "socket";
+local core = require "spec.helpers.core";
+local s5 = require "spec.helpers.socks5_client";
+
+-- Two client sockets whose server ends are relayed by the engine.
+local function relayed_pair(engine, early_a, early_b)
+	local server = assert(socket.bind("127.0.0.1", 0));
+	local _, port = server:getsockname();
+	local a = assert(socket.connect("127.0.0.1", port));
+	local a_end = assert(server:accept());
+	local b = assert(socket.connect("127.0.0.1", port));
+	local b_end = assert(server:accept());
+	server:close();
+	local fd_a, fd_b = a_end:getfd(), b_end:getfd();
+	a_end:setfd(-1); -- the engine owns them now
+	b_end:setfd(-1);
+	local id = assert(engine:add(fd_a, fd_b, early_a, early_b));
+	return a, b, id;
+end
+
+local function await_results(engine, n)
+	local results = {};
+	local deadline = socket.gettime() + 10;
+	while #results < n and socket.gettime() < deadline do
+		socket.select({ engine }, nil, 0.2);
+		for _, r in ipairs(engine:reap()) do
+			table.insert(results, r);
+		end
+	end
+	return results;
+end
+
+for _, mode in ipairs({ "copy", "splice" }) do
+	describe("cproxy.core.engine (" .. mode .. " mode)", function ()
+		local engine;
+		before_each(function ()
+			engine = assert(core.engine({ mode = mode, buffer_size = 65536 }));
+		end);
+		after_each(function ()
+			engine:close();
+		end);
+
+		it("relays both directions intact, with early bytes first", function ()
+			local a, b, id = relayed_pair(engine, "early-from-a|", "early-from-b|");
+			local up = s5.random_bytes(3 * 1048576 + 17, 1);
+			local down = s5.random_bytes(1048576 + 3, 2);
+			local got = s5.run({
+				{ from = a, to = b, data = up },
+				{ from = b, to = a, data = down },
+			});
+			assert.equal(s5.sha256("early-from-a|" .. up), s5.sha256(got[1]));
+			assert.equal(s5.sha256("early-from-b|" .. down), s5.sha256(got[2]));
+			a:close(); b:close();
+			local results = await_results(engine, 1);
+			assert.equal(1, #results);
+			assert.equal(id, results[1].id);
+			assert.equal(#up + 13, results[1].target_bytes);
+			assert.equal(#down + 13, results[1].initiator_bytes);
+			assert.is_nil(results[1].error);
+		end);
+
+		it("passes a half-close on and keeps the other direction open", function ()
+			local a, b = relayed_pair(engine);
+			a:send("question");
+			a:shutdown("send");
+			b:settimeout(5);
+			assert.equal("question", b:receive(8));
+			local _, err = b:receive(1);
+			assert.equal("closed", err); -- EOF relayed as EOF
+			b:send("answer after the half-close");
+			b:shutdown("send");
+			a:settimeout(5);
+			assert.equal("answer after the half-close", (a:receive("*a")));
+			assert.equal(1, #await_results(engine, 1));
+			a:close(); b:close();
+		end);
+
+		it("delivers every byte when the sender closes right after the last one", function ()
+			local a, b = relayed_pair(engine);
+			local data = s5.random_bytes(2 * 1048576 + 1, 3);
+			local got = s5.run({ { from = a, to = b, data = data, finish = "close" } });
+			assert.equal(#data, #got[1]);
+			assert.equal(s5.sha256(data), s5.sha256(got[1]));
+			b:close();
+		end);
+
+		it("relays an empty stream", function ()
+			local a, b = relayed_pair(engine);
+			local got = s5.run({ { from = a, to = b, data = "" }, { from = b, to = a, data = "" } });
+			assert.equal("", got[1]);
+			assert.equal("", got[2]);
+			local results = await_results(engine, 1);
+			assert.equal(0, results[1].target_bytes + results[1].initiator_bytes);
+			a:close(); b:close();
+		end);
+
+		it("closes the other side when one is reset", function ()
+			local a, b = relayed_pair(engine);
+			a:setoption("linger", { on = true, timeout = 0 });
+			a:close(); -- RST
+			b:settimeout(5);
+			local _, err = b:receive(1);
+			assert.truthy(err == "closed" or err == "connection reset by peer", err);
+			local results = await_results(engine, 1);
+			assert.equal(1, #results);
+			assert.truthy(results[1].error);
+			assert.equal("target", results[1].failed);
+			b:close();
+		end);
+
+		it("counts relays in its stats", function ()
+			local a, b = relayed_pair(engine);
+			assert.equal(1, engine:stats().active);
+			a:close(); b:close();
+			await_results(engine, 1);
+			local stats = engine:stats();
+			assert.equal(0, stats.active);
+			assert.equal(1, stats.started);
+			assert.equal(1, stats.finished);
+		end);
+	end);
+end
+
+describe("cproxy.core.engine", function ()
+	it("times out an idle relay", function ()
+		local engine = assert(core.engine({ idle_timeout = 1 }));
+		local a, b = relayed_pair(engine);
+		local results = await_results(engine, 1);
+		assert.equal(1, #results);
+		assert.is_true(results[1].timed_out);
+		b:settimeout(5);
+		local _, err = b:receive(1);
+		assert.equal("closed", err);
+		a:close(); b:close();
+		engine:close();
+	end);
+
+	it("closes the sockets it holds when closed, and is idempotent", function ()
+		local engine = assert(core.engine());
+		local a, b = relayed_pair(engine);
+		engine:close();
+		engine:close();
+		a:settimeout(5);
+		local _, err = a:receive(1);
+		assert.equal("closed", err);
+		b:close(); a:close();
+		assert.has_error(function () engine:add(1, 2) end);
+	end);
+
+	it("rejects bad options", function ()
+		assert.has_error(function () core.engine({ mode = "teleport" }) end);
+		assert.has_error(function () core.engine({ buffer_size = 1 }) end);
+	end);
+end);
