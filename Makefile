@@ -61,7 +61,12 @@ check: deps all
 stress: deps all
 	@bash tools/run-specs $(BUSTED) --run=stress
 
-bench: deps all
+LOADGEN = $(BUILD)/loadgen
+$(LOADGEN): bench/loadgen.c
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(CFLAGS) -o $@ bench/loadgen.c
+
+bench: deps all $(LOADGEN)
 	@bash tools/bench
 
 run: all

@@ -29,14 +29,14 @@ end
 -- 0.12's get_option_number ignores its bounds, so clamp here.
 local activation_timeout = clamp(module:get_option_number("proxy65_activation_timeout", 60), 1, 86400);
 local engine_options = {
-	mode = module:get_option_string("proxy65_relay_mode", "copy");
+	mode = module:get_option_string("proxy65_relay_mode", "splice");
 	buffer_size = math.floor(clamp(module:get_option_number("proxy65_buffer_size", 4 * 1024 * 1024), 4096, 256 * 1024 * 1024));
 	idle_timeout = math.floor(clamp(module:get_option_number("proxy65_idle_timeout", 300), 0, 86400 * 7));
 	sockbuf = math.floor(clamp(module:get_option_number("proxy65_socket_buffer", 0), 0, 64 * 1024 * 1024));
 };
 if engine_options.mode ~= "copy" and engine_options.mode ~= "splice" then
-	module:log("error", "proxy65_relay_mode must be \"copy\" or \"splice\", not %q; using \"copy\"", engine_options.mode);
-	engine_options.mode = "copy";
+	module:log("error", "proxy65_relay_mode must be \"splice\" or \"copy\", not %q; using \"splice\"", engine_options.mode);
+	engine_options.mode = "splice";
 end
 
 local measure_relays = module:measure("relays", "counter");

@@ -51,13 +51,13 @@ opt_field(lua_State *L, int t, const char *name, lua_Integer def, lua_Integer mi
 }
 
 /*
- * engine{ buffer_size=, mode="copy"|"splice", idle_timeout=seconds, sockbuf= }
+ * engine{ buffer_size=, mode="splice"|"copy", idle_timeout=seconds, sockbuf= }
  *   -> engine | nil, err, errno
  */
 static int
 l_new(lua_State *L)
 {
-	static const char *const modes[] = { "copy", "splice", NULL };
+	static const char *const modes[] = { "copy", "splice", NULL };	/* enum relay_mode */
 	struct engine_config cfg;
 	struct engine_ud *ud;
 	int err;
@@ -69,10 +69,11 @@ l_new(lua_State *L)
 		cfg.idle_timeout_ms = (int)opt_field(L, 1, "idle_timeout", 0, 0, 86400 * 365) * 1000;
 		cfg.sockbuf = (int)opt_field(L, 1, "sockbuf", 0, 0, 1 << 30);
 		lua_getfield(L, 1, "mode");
-		cfg.mode = (enum relay_mode)luaL_checkoption(L, -1, "copy", modes);
+		cfg.mode = (enum relay_mode)luaL_checkoption(L, -1, "splice", modes);
 		lua_pop(L, 1);
 	} else {
 		cfg.buffer_size = 4 << 20;
+		cfg.mode = RELAY_SPLICE;
 	}
 	ud = lua_newuserdatauv(L, sizeof(*ud), 0);
 	ud->engine = NULL;

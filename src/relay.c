@@ -61,6 +61,23 @@ copy_early(struct pump *p, const uint8_t *bytes, size_t len)
 	return 0;
 }
 
+/* Splice mode's pipes, at full size. Returns 0 when they can't be had. */
+static int
+make_pipes(struct relay *r)
+{
+	for (int d = 0; d < 2; d++) {
+		if (fd_pipe(r->dir[d].pipe) != 0
+		    || fcntl(r->dir[d].pipe[0], F_SETPIPE_SZ, PIPE_SIZE) < 0) {
+			fd_close(&r->dir[0].pipe[0]);
+			fd_close(&r->dir[0].pipe[1]);
+			fd_close(&r->dir[1].pipe[0]);
+			fd_close(&r->dir[1].pipe[1]);
+			return 0;
+		}
+	}
+	return 1;
+}
+
 int
 relay_init(struct relay *r, int fd0, int fd1, const uint8_t *early0,
     size_t len0, const uint8_t *early1, size_t len1, enum relay_mode mode)
@@ -79,14 +96,13 @@ relay_init(struct relay *r, int fd0, int fd1, const uint8_t *early0,
 	    || (err = copy_early(&r->dir[1], early1, len1))) {
 		goto fail;
 	}
-	if (mode == RELAY_SPLICE) {
-		for (int d = 0; d < 2; d++) {
-			if ((err = fd_pipe(r->dir[d].pipe))) {
-				goto fail;
-			}
-			/* Best effort: a smaller pipe only means more syscalls. */
-			(void)fcntl(r->dir[d].pipe[0], F_SETPIPE_SZ, PIPE_SIZE);
-		}
+	if (mode == RELAY_SPLICE && !make_pipes(r)) {
+		/*
+		 * Past the per-user pipe quota (fs.pipe-user-pages-soft) the
+		 * kernel refuses large pipes, and tiny ones relay slowly: this
+		 * relay copies instead.
+		 */
+		r->mode = RELAY_COPY;
 	}
 	return 0;
 fail:
