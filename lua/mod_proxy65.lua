@@ -12,6 +12,7 @@ module:set_global();
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local cproxy = dofile(here .. "/cproxy/boot.lua")(here);
 local proxy65 = cproxy.require("proxy65");
+module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";
 local jid_compare, jid_prep = require "util.jid".compare, require "util.jid".prep;

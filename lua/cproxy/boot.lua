@@ -17,17 +17,18 @@ local function load_core(here)
 	if not path then
 		local ok, core = pcall(require, "cproxy.core");
 		if ok then
-			return core;
+			return core, package.searchpath("cproxy.core", package.cpath);
 		end
 		error("prosody-cproxy: cannot find its C extension cproxy.core (run 'make'?)" .. err, 0);
 	end
 	local open = assert(package.loadlib(path, "luaopen_cproxy_core"));
-	return open();
+	return open(), path;
 end
 
 return function (here)
 	local loaded = {};
-	local cproxy = { core = load_core(here), dir = here };
+	local core, core_path = load_core(here);
+	local cproxy = { core = core, core_path = core_path, dir = here };
 
 	-- Loads lua/cproxy/<name>.lua once per boot (so once per module load:
 	-- a reloaded module gets fresh copies, nothing stale is kept).
