@@ -74,7 +74,7 @@ local function through_proxy(server, scenario)
 	end
 	local cpu0 = server:cpu_seconds();
 	for i = 1, scenario.streams do
-		local reply = assert(alice:request(st.iq({ type = "set", to = "proxy.localhost" })
+		local reply = assert(alice:request(xmpp.iq({ type = "set", to = "proxy.localhost" })
 			:tag("query", { xmlns = "http://jabber.org/protocol/bytestreams", sid = sids[i] })
 			:tag("activate"):text(bob.jid)));
 		assert(reply.attr.type == "result", tostring(reply));

@@ -1,0 +1,214 @@
+-- A throw-away Prosody for specs: config in a temp dir, free loopback
+-- ports, accounts registered with prosodyctl, started in the background,
+-- stopped (and its dir removed) by stop(). On failure, raises with the
+-- tail of Prosody's log.
+local socket = require "socket";
+
+local M = {};
+
+M.root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helpers/[^/]*$") or ".");
+if M.root:sub(1, 1) ~= "/" then
+	M.root = os.getenv("PWD") .. "/" .. M.root:gsub("^%./?", "");
+	M.root = M.root:gsub("/$", "");
+end
+
+local function shell(cmd)
+	local h = io.popen(cmd .. " 2>&1");
+	local out = h:read("a");
+	local ok = h:close();
+	return ok, out;
+end
+
+local function read_file(path)
+	local f = io.open(path);
+	if not f then
+		return "";
+	end
+	local data = f:read("a");
+	f:close();
+	return data;
+end
+
+function M.free_port()
+	local s = assert(socket.bind("127.0.0.1", 0));
+	local _, port = s:getsockname();
+	s:close();
+	return tonumber(port);
+end
+
+local function is_root()
+	local _, out = shell("id -u");
+	return out:match("^0%s*$") ~= nil;
+end
+
+local function lua_list(list)
+	local quoted = {};
+	for i, v in ipairs(list) do
+		quoted[i] = ("%q"):format(v);
+	end
+	return "{ " .. table.concat(quoted, ", ") .. " }";
+end
+
+local handle_mt = {};
+handle_mt.__index = handle_mt;
+
+function handle_mt:log()
+	return read_file(self.dir .. "/prosody.log") .. read_file(self.dir .. "/console.log");
+end
+
+function handle_mt:log_tail(n)
+	local lines = {};
+	for line in self:log():gmatch("[^\n]+") do
+		table.insert(lines, line);
+	end
+	return table.concat(lines, "\n", math.max(1, #lines - (n or 40) + 1));
+end
+
+function handle_mt:wait_log(pattern, timeout)
+	local deadline = socket.gettime() + (timeout or 5);
+	repeat
+		local found = self:log():match(pattern);
+		if found then
+			return found;
+		end
+		socket.sleep(0.05);
+	until socket.gettime() > deadline;
+	return nil;
+end
+
+function handle_mt:alive()
+	return self.pid and os.execute("kill -0 " .. self.pid .. " 2>/dev/null") == true;
+end
+
+function handle_mt:cpu_seconds()
+	local stat = read_file("/proc/" .. self.pid .. "/stat");
+	local fields = {};
+	for field in stat:gsub("^.*%) ", ""):gmatch("%S+") do
+		table.insert(fields, field);
+	end
+	-- After the ")" field 1 is state; utime and stime are fields 12 and 13.
+	local ticks = (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0);
+	return ticks / self.clk_tck;
+end
+
+function handle_mt:stop()
+	if self.stopped then
+		return;
+	end
+	self.stopped = true;
+	if self.pid then
+		os.execute("kill -TERM " .. self.pid .. " 2>/dev/null");
+		local deadline = socket.gettime() + 5;
+		while self:alive() and socket.gettime() < deadline do
+			socket.sleep(0.05);
+		end
+		if self:alive() then
+			os.execute("kill -KILL " .. self.pid .. " 2>/dev/null");
+		end
+	end
+	if os.getenv("CPROXY_KEEP_LOGS") then
+		print("Prosody log kept in " .. self.dir);
+	else
+		os.execute("rm -rf '" .. self.dir .. "'");
+	end
+end
+
+local function port_open(port)
+	local s = socket.tcp();
+	s:settimeout(0.2);
+	local ok = s:connect("127.0.0.1", port);
+	s:close();
+	return ok ~= nil;
+end
+
+-- opts: plugin_paths, global, hosts, accounts, backend, log_level,
+-- wait_ports, expect_failure, env. See the README of spec/ in the header.
+function M.start(opts)
+	opts = opts or {};
+	local _, dir = shell("mktemp -d \"${TMPDIR:-/tmp}/cproxy-spec.XXXXXX\"");
+	dir = dir:gsub("%s+$", "");
+	local self = setmetatable({ dir = dir, ports = {}, started = false }, handle_mt);
+	for _, name in ipairs({ "c2s", "s2s", "component", "proxy65" }) do
+		self.ports[name] = M.free_port();
+	end
+	local _, tck = shell("getconf CLK_TCK");
+	self.clk_tck = tonumber(tck) or 100;
+	local config = {
+		("data_path = %q"):format(dir);
+		("pidfile = %q"):format(dir .. "/prosody.pid");
+		("certificates = %q"):format(dir);
+		("plugin_paths = %s"):format(lua_list(opts.plugin_paths or { M.root .. "/lua" }));
+		("log = { { levels = { min = %q }, to = \"file\", filename = %q } }"):format(opts.log_level or "debug", dir .. "/prosody.log");
+		("network_backend = %q"):format(opts.backend or "epoll");
+		"authentication = \"internal_plain\"";
+		"c2s_require_encryption = false";
+		"s2s_require_encryption = false";
+		"allow_unencrypted_plain_auth = true";
+		"modules_enabled = { \"roster\", \"saslauth\", \"disco\", \"ping\" }";
+		"modules_disabled = { \"tls\" }";
+		"interfaces = { \"127.0.0.1\" }";
+		"local_interfaces = { \"127.0.0.1\" }";
+		("c2s_ports = { %d }"):format(self.ports.c2s);
+		("s2s_ports = { %d }"):format(self.ports.s2s);
+		("component_ports = { %d }"):format(self.ports.component);
+		("proxy65_ports = { %d }"):format(self.ports.proxy65);
+		"proxy65_interfaces = { \"127.0.0.1\" }";
+		"c2s_direct_tls_ports = {}";
+		"legacy_ssl_ports = {}";
+		"http_ports = {}";
+		"https_ports = {}";
+	};
+	if is_root() then
+		table.insert(config, "run_as_root = true");
+	end
+	table.insert(config, opts.global or "");
+	table.insert(config, "");
+	table.insert(config, opts.hosts or "VirtualHost \"localhost\"");
+	self.config_path = dir .. "/prosody.cfg.lua";
+	local f = assert(io.open(self.config_path, "w"));
+	f:write(table.concat(config, "\n"), "\n");
+	f:close();
+
+	for _, account in ipairs(opts.accounts or {}) do
+		local ok, out = shell(("prosodyctl --config %q register %q %q %q"):format(
+			self.config_path, account[1], account[2], account[3]));
+		if not ok then
+			self:stop();
+			error("prosodyctl register failed: " .. out);
+		end
+	end
+
+	local env = {};
+	for k, v in pairs(opts.env or {}) do
+		table.insert(env, ("%s=%q"):format(k, v));
+	end
+	local _, pid = shell(("cd %q && %s prosody -F --config %q >%q 2>&1 & echo $!"):format(
+		dir, table.concat(env, " "), self.config_path, dir .. "/console.log"));
+	self.pid = tonumber(pid:match("%d+"));
+
+	local deadline = socket.gettime() + 15;
+	local waiting = opts.wait_ports or { "c2s" };
+	local ready = false;
+	while socket.gettime() < deadline and self:alive() do
+		ready = true;
+		for _, name in ipairs(waiting) do
+			if not port_open(self.ports[name]) then
+				ready = false;
+				break;
+			end
+		end
+		if ready then
+			break;
+		end
+		socket.sleep(0.05);
+	end
+	self.started = ready;
+	if not ready and not opts.expect_failure then
+		local tail = self:log_tail(40);
+		self:stop();
+		error("Prosody did not start:\n" .. tail, 2);
+	end
+	return self;
+end
+
+return M;

@@ -1,0 +1,347 @@
+-- mod_proxy65 in a real Prosody, driven by real XMPP clients and SOCKS5
+-- sockets over loopback: negotiation, activation errors, and transfers.
+local socket = require "socket";
+local prosody = require "spec.helpers.prosody";
+local xmpp = require "spec.helpers.xmpp_client";
+local s5 = require "spec.helpers.socks5_client";
+local st = require "util.stanza";
+
+local xmlns_bytestreams = "http://jabber.org/protocol/bytestreams";
+local MiB = 1048576;
+
+local hosts = [[
+VirtualHost "localhost"
+
+Component "proxy.localhost" "proxy65"
+	name = "Test Proxy"
+
+Component "acl.localhost" "proxy65"
+	proxy65_acl = { "bob@localhost" }
+]];
+
+local function accounts()
+	return { { "alice", "localhost", "alice-pw" }, { "bob", "localhost", "bob-pw" } };
+end
+
+local function login(server, user)
+	return assert(xmpp.connect({ port = server.ports.c2s, domain = "localhost",
+		username = user, password = user .. "-pw", resource = "r" .. math.random(1e6) }));
+end
+
+local function activation(sid, target_jid, to)
+	local query = xmpp.iq({ type = "set", to = to or "proxy.localhost" })
+		:tag("query", { xmlns = xmlns_bytestreams, sid = sid });
+	if target_jid then
+		query:tag("activate"):text(target_jid):up();
+	end
+	return query;
+end
+
+local function error_of(reply)
+	assert.equal("error", reply.attr.type);
+	local err = reply:get_child("error");
+	local condition = err.tags[1] and err.tags[1].name;
+	return err.attr.type, condition;
+end
+
+-- Runs the XEP-0065 negotiation; returns target and initiator sockets.
+local sid_counter = 0;
+local function open_stream(server, initiator, target, opts)
+	opts = opts or {};
+	sid_counter = sid_counter + 1;
+	local sid = "sid-" .. sid_counter .. "-" .. math.random(1e9);
+	local hash = s5.hash(sid, initiator.jid, target.jid);
+	local t_sock = assert(s5.connect(server.ports.proxy65, hash, { mode = opts.mode }));
+	local i_sock = assert(s5.connect(server.ports.proxy65, hash,
+		{ mode = opts.early and "pipelined" or opts.mode, early = opts.early }));
+	if opts.before_activation then
+		opts.before_activation(t_sock, i_sock);
+	end
+	local reply = assert(initiator:request(activation(sid, target.jid), 10));
+	assert.equal("result", reply.attr.type);
+	return t_sock, i_sock, sid, hash;
+end
+
+local function run_suite(backend)
+	describe("mod_proxy65 on the " .. backend .. " backend #integration", function ()
+		local server, alice, bob;
+
+		setup(function ()
+			server = prosody.start({
+				hosts = hosts;
+				accounts = accounts();
+				backend = backend;
+				global = "proxy65_activation_timeout = 3";
+				wait_ports = { "c2s", "proxy65" };
+			});
+			alice = login(server, "alice");
+			bob = login(server, "bob");
+		end);
+
+		teardown(function ()
+			if alice then alice:close(); end
+			if bob then bob:close(); end
+			if server then server:stop(); end
+		end);
+
+		it("announces a bytestreams proxy in disco#info", function ()
+			local reply = assert(alice:request(xmpp.iq({ type = "get", to = "proxy.localhost" })
+				:tag("query", { xmlns = "http://jabber.org/protocol/disco#info" })));
+			assert.equal("result", reply.attr.type);
+			local query = reply:get_child("query", "http://jabber.org/protocol/disco#info");
+			local identity = query:get_child("identity");
+			assert.equal("proxy", identity.attr.category);
+			assert.equal("bytestreams", identity.attr.type);
+			assert.equal("Test Proxy", identity.attr.name);
+			local features = {};
+			for feature in query:childtags("feature") do
+				features[feature.attr.var] = true;
+			end
+			assert.is_true(features[xmlns_bytestreams]);
+		end);
+
+		it("answers a streamhost query with its address and port", function ()
+			local reply = assert(alice:request(xmpp.iq({ type = "get", to = "proxy.localhost" })
+				:tag("query", { xmlns = xmlns_bytestreams, sid = "abc" })));
+			assert.equal("result", reply.attr.type);
+			local query = reply:get_child("query", xmlns_bytestreams);
+			assert.equal("abc", query.attr.sid);
+			local streamhost = query:get_child("streamhost");
+			assert.equal("proxy.localhost", streamhost.attr.jid);
+			assert.equal("proxy.localhost", streamhost.attr.host);
+			assert.equal(tostring(server.ports.proxy65), streamhost.attr.port);
+		end);
+
+		for _, size in ipairs({ 0, 1, 64 * MiB }) do
+			for _, direction in ipairs({ "initiator to target", "target to initiator" }) do
+				it(("relays %d bytes from %s intact"):format(size, direction), function ()
+					local t_sock, i_sock = open_stream(server, alice, bob);
+					local data = s5.random_bytes(size, size + 7);
+					local from, to = i_sock, t_sock;
+					if direction == "target to initiator" then
+						from, to = t_sock, i_sock;
+					end
+					local got = s5.run({ { from = from, to = to, data = data } }, 120);
+					assert.equal(#data, #got[1]);
+					assert.equal(s5.sha256(data), s5.sha256(got[1]));
+					t_sock:close(); i_sock:close();
+				end);
+			end
+		end
+
+		it("relays both directions at once", function ()
+			local t_sock, i_sock = open_stream(server, alice, bob);
+			local up, down = s5.random_bytes(5 * MiB + 11, 1), s5.random_bytes(3 * MiB + 5, 2);
+			local got = s5.run({ { from = i_sock, to = t_sock, data = up }, { from = t_sock, to = i_sock, data = down } }, 60);
+			assert.equal(s5.sha256(up), s5.sha256(got[1]));
+			assert.equal(s5.sha256(down), s5.sha256(got[2]));
+			t_sock:close(); i_sock:close();
+		end);
+
+		it("relays bytes sent before the activation, in order, after it", function ()
+			local t_sock, i_sock = open_stream(server, alice, bob, {
+				early = "pipelined-early|";
+				before_activation = function (t, i)
+					i:send("sent-before-activation|");
+					t:send("target-early|");
+					t:settimeout(0.3);
+					local data, err = t:receive(1);
+					assert.is_nil(data); -- nothing relayed before activation
+					assert.equal("timeout", err);
+				end;
+			});
+			local got = s5.run({ { from = i_sock, to = t_sock, data = "after" }, { from = t_sock, to = i_sock, data = "back" } });
+			assert.equal("pipelined-early|sent-before-activation|after", got[1]);
+			assert.equal("target-early|back", got[2]);
+			t_sock:close(); i_sock:close();
+		end);
+
+		it("negotiates a handshake sent one byte at a time", function ()
+			local t_sock, i_sock = open_stream(server, alice, bob, { mode = "bytewise" });
+			local got = s5.run({ { from = i_sock, to = t_sock, data = "hello" } });
+			assert.equal("hello", got[1]);
+			t_sock:close(); i_sock:close();
+		end);
+
+		it("relays 50 concurrent transfers of random sizes intact", function ()
+			local flows, expected = {}, {};
+			local socks = {};
+			for i = 1, 50 do
+				local t_sock, i_sock = open_stream(server, alice, bob);
+				local size = math.random(0, 2 * MiB);
+				local data = s5.random_bytes(size, i * 31);
+				flows[i] = { from = i_sock, to = t_sock, data = data };
+				expected[i] = s5.sha256(data);
+				table.insert(socks, t_sock);
+				table.insert(socks, i_sock);
+			end
+			local got = s5.run(flows, 120);
+			for i = 1, 50 do
+				assert.equal(expected[i], s5.sha256(got[i]), "transfer " .. i);
+			end
+			for _, sock in ipairs(socks) do
+				sock:close();
+			end
+		end);
+
+		it("passes a half-close on: the target can still answer", function ()
+			local t_sock, i_sock = open_stream(server, alice, bob);
+			local got = s5.run({ { from = i_sock, to = t_sock, data = "file contents" } });
+			assert.equal("file contents", got[1]);
+			-- The initiator has shut down its sending side; it still receives.
+			got = s5.run({ { from = t_sock, to = i_sock, data = "receipt" } });
+			assert.equal("receipt", got[1]);
+			t_sock:close(); i_sock:close();
+		end);
+
+		it("delivers everything when the sender closes right after the last byte", function ()
+			local t_sock, i_sock = open_stream(server, alice, bob);
+			local data = s5.random_bytes(4 * MiB + 3, 9);
+			local got = s5.run({ { from = i_sock, to = t_sock, data = data, finish = "close" } }, 60);
+			assert.equal(s5.sha256(data), s5.sha256(got[1]));
+			t_sock:close();
+		end);
+
+		it("delivers everything when the sender waits for the receiver to close", function ()
+			local t_sock, i_sock = open_stream(server, alice, bob);
+			local data = s5.random_bytes(3 * MiB + 1, 10);
+			local got = s5.run({ { from = i_sock, to = t_sock, data = data, finish = "keep" } }, 60);
+			assert.equal(s5.sha256(data), s5.sha256(got[1]));
+			i_sock:settimeout(5);
+			local _, err = i_sock:receive(1); -- the target's close reaches the initiator
+			assert.equal("closed", err);
+			i_sock:close();
+		end);
+
+		it("closes the target when the initiator closes early", function ()
+			local t_sock, i_sock = open_stream(server, alice, bob);
+			i_sock:send("partial");
+			i_sock:close();
+			t_sock:settimeout(5);
+			local data, err, partial = t_sock:receive("*a");
+			assert.equal("partial", data or partial);
+			assert.is_nil(err);
+			t_sock:close();
+		end);
+
+		it("closes the initiator when the target closes early", function ()
+			local t_sock, i_sock = open_stream(server, alice, bob);
+			t_sock:close();
+			i_sock:settimeout(5);
+			local _, err = i_sock:receive(1);
+			assert.equal("closed", err);
+			i_sock:close();
+		end);
+
+		it("closes the partner when one side leaves before activation", function ()
+			local sid = "leaves-early";
+			local hash = s5.hash(sid, alice.jid, bob.jid);
+			local t_sock = assert(s5.connect(server.ports.proxy65, hash));
+			local i_sock = assert(s5.connect(server.ports.proxy65, hash));
+			t_sock:close();
+			i_sock:settimeout(5);
+			local _, err = i_sock:receive(1);
+			assert.equal("closed", err);
+			i_sock:close();
+			local reply = assert(alice:request(activation(sid, bob.jid)));
+			local _, condition = error_of(reply);
+			assert.equal("item-not-found", condition);
+		end);
+
+		it("refuses a third connection for a live hash, and reuses a hash once closed", function ()
+			local sid = "third";
+			local hash = s5.hash(sid, alice.jid, bob.jid);
+			local t_sock = assert(s5.connect(server.ports.proxy65, hash));
+			local i_sock = assert(s5.connect(server.ports.proxy65, hash));
+			local third, err, reply = s5.connect(server.ports.proxy65, hash);
+			assert.is_nil(third);
+			assert.equal("refused", err);
+			assert.equal(2, reply:byte(2)); -- connection not allowed by ruleset
+			assert.equal("result", assert(alice:request(activation(sid, bob.jid))).attr.type);
+			assert.equal("x", s5.run({ { from = i_sock, to = t_sock, data = "x" } })[1]);
+			third = s5.connect(server.ports.proxy65, hash); -- still live
+			assert.is_nil(third);
+			t_sock:close(); i_sock:close();
+			-- Once the relay has ended the hash is free again.
+			local deadline = socket.gettime() + 5;
+			local again;
+			repeat
+				socket.sleep(0.05);
+				again = s5.connect(server.ports.proxy65, hash);
+			until again or socket.gettime() > deadline;
+			assert.truthy(again);
+			again:close();
+		end);
+
+		it("rejects a malformed handshake with the right SOCKS5 reply", function ()
+			local sock, err, reply = s5.connect(server.ports.proxy65, nil,
+				{ request = "\5\1\0\1\127\0\0\1\0\80" }); -- IPv4 address type
+			assert.is_nil(sock);
+			assert.equal("refused", err);
+			assert.equal(8, reply:byte(2));
+			sock, err, reply = s5.connect(server.ports.proxy65, nil,
+				{ request = "\5\2\0\3\40" .. ("a"):rep(40) .. "\0\0" }); -- BIND
+			assert.is_nil(sock);
+			assert.equal(7, reply:byte(2));
+		end);
+
+		it("closes a connection that is never activated", function ()
+			local hash = s5.hash("never", alice.jid, bob.jid);
+			local t_sock = assert(s5.connect(server.ports.proxy65, hash));
+			t_sock:settimeout(15);
+			local _, err = t_sock:receive(1);
+			assert.equal("closed", err);
+			t_sock:close();
+		end);
+
+		describe("activation errors", function ()
+			it("bad-request without a sid", function ()
+				local reply = assert(alice:request(xmpp.iq({ type = "set", to = "proxy.localhost" })
+					:tag("query", { xmlns = xmlns_bytestreams }):tag("activate"):text(bob.jid)));
+				assert.same({ "modify", "bad-request" }, { error_of(reply) });
+			end);
+
+			it("bad-request without an activate element", function ()
+				local reply = assert(alice:request(activation("some-sid", nil)));
+				assert.same({ "modify", "bad-request" }, { error_of(reply) });
+			end);
+
+			it("jid-malformed for an invalid target JID", function ()
+				local reply = assert(alice:request(activation("some-sid", "a@b@c/d")));
+				assert.same({ "modify", "jid-malformed" }, { error_of(reply) });
+			end);
+
+			it("item-not-found for an unknown hash", function ()
+				local reply = assert(alice:request(activation("unknown-sid", bob.jid)));
+				assert.same({ "modify", "item-not-found" }, { error_of(reply) });
+			end);
+
+			it("not-allowed when only the target is connected", function ()
+				local sid = "only-target";
+				local t_sock = assert(s5.connect(server.ports.proxy65, s5.hash(sid, alice.jid, bob.jid)));
+				local reply = assert(alice:request(activation(sid, bob.jid)));
+				assert.same({ "cancel", "not-allowed" }, { error_of(reply) });
+				t_sock:close();
+			end);
+
+			it("not-allowed when the stream is already active", function ()
+				local t_sock, i_sock, sid = open_stream(server, alice, bob);
+				local reply = assert(alice:request(activation(sid, bob.jid)));
+				assert.same({ "cancel", "not-allowed" }, { error_of(reply) });
+				t_sock:close(); i_sock:close();
+			end);
+
+			it("forbidden by the ACL, for queries and activations", function ()
+				local query = xmpp.iq({ type = "get", to = "acl.localhost" }):tag("query", { xmlns = xmlns_bytestreams });
+				assert.same({ "auth", "forbidden" }, { error_of(assert(alice:request(query))) });
+				assert.same({ "auth", "forbidden" }, { error_of(assert(alice:request(activation("x", bob.jid, "acl.localhost")))) });
+				local allowed = assert(bob:request(xmpp.iq({ type = "get", to = "acl.localhost" })
+					:tag("query", { xmlns = xmlns_bytestreams })));
+				assert.equal("result", allowed.attr.type);
+			end);
+		end);
+	end);
+end
+
+run_suite("epoll");
+run_suite("select");
