@@ -13,6 +13,7 @@ luaopen_cproxy_core(lua_State *L)
 	lua_newtable(L);
 	socks5_lua_open(L);
 	engine_lua_open(L);
+	jat_lua_open(L);
 	lua_pushliteral(L, "0.1.0");
 	lua_setfield(L, -2, "version");
 	return 1;

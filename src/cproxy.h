@@ -10,6 +10,7 @@
 
 #define CPROXY_SOCKS5_MT "cproxy.socks5"
 #define CPROXY_ENGINE_MT "cproxy.engine"
+#define CPROXY_JAT_MT "cproxy.jat"
 
 /* Pushes nil, strerror(err), err and returns 3 (errors.c). */
 int errors_push(lua_State *L, int err);
@@ -17,5 +18,6 @@ int errors_push(lua_State *L, int err);
 /* Each adds its functions to the module table on the top of the stack. */
 void socks5_lua_open(lua_State *L);
 void engine_lua_open(lua_State *L);
+void jat_lua_open(lua_State *L);
 
 #endif

@@ -1,0 +1,193 @@
+-- JAT tags of cproxy.core: round trips for any JID, tags that are valid
+-- resources, and rejection of every altered, truncated or foreign tag.
+local core = require "spec.helpers.core";
+if not package.path:find("/usr/lib/prosody/", 1, true) then
+	package.path = "/usr/lib/prosody/?.lua;" .. package.path;
+	package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath;
+end
+local jid = require "util.jid";
+
+local COMPONENT = "jat.example";
+local ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+-- Code points from several scripts, both directions, and outside the BMP.
+local RANGES = {
+	{ 0x61, 0x7a }, { 0x30, 0x39 }, { 0xe0, 0xff }, { 0x3b1, 0x3c9 },
+	{ 0x5d0, 0x5ea }, { 0x627, 0x64a }, { 0x4e00, 0x4fff }, { 0x1f600, 0x1f64f },
+};
+
+local function random_text(max_bytes, extra)
+	local out, len = {}, 0;
+	local target = math.random(1, max_bytes);
+	while true do
+		local c;
+		if extra and math.random(8) == 1 then
+			c = extra:sub(math.random(#extra), math.random(#extra)):sub(1, 1);
+		else
+			local range = RANGES[math.random(#RANGES)];
+			c = utf8.char(math.random(range[1], range[2]));
+		end
+		if len + #c > target then
+			break;
+		end
+		table.insert(out, c);
+		len = len + #c;
+	end
+	return #out > 0 and table.concat(out) or "x";
+end
+
+local function random_jid()
+	local node = random_text(40);
+	local host = ("h%d.example"):format(math.random(1e6));
+	local resource = random_text(60, "/@ ");
+	return node .. "@" .. host .. "/" .. resource;
+end
+
+local function is_valid_resource(tag)
+	return #tag <= 1023 and not tag:find("[^%w%-_]")
+		and jid.prep(COMPONENT .. "/" .. tag) == COMPONENT .. "/" .. tag;
+end
+
+describe("cproxy.core.jat", function ()
+	local key;
+	before_each(function ()
+		key = assert(core.jat("a shared secret", COMPONENT));
+	end);
+	after_each(function ()
+		key:close();
+	end);
+
+	describe(":encode and :decode", function ()
+		it("round-trip random JIDs with Unicode, '/', '@' and spaces in resources", function ()
+			for _ = 1, 500 do
+				local full = random_jid();
+				local tag = assert(key:encode(full));
+				assert.is_true(is_valid_resource(tag), tag);
+				assert.equal(full, key:decode(tag));
+			end
+		end);
+
+		it("round-trip JIDs whose parts have the maximum length", function ()
+			local node = ("n"):rep(1023);
+			local host = ("d"):rep(63) .. "." .. ("e"):rep(63) .. ".example";
+			local resource = ("\u{4e2d}"):rep(341); -- 1023 bytes
+			for _, full in ipairs({
+				node .. "@" .. host .. "/" .. resource,
+				node .. "@" .. host,
+				"u@" .. host .. "/" .. resource,
+				"u@h/" .. ("/@"):rep(511) .. "x",
+			}) do
+				assert.truthy(jid.prep(full), "the fixture is a valid JID");
+				local tag = assert(key:encode(full));
+				assert.is_true(is_valid_resource(tag));
+				assert.equal(full, key:decode(tag));
+			end
+		end);
+
+		it("round-trip at every length around the inline limit", function ()
+			for len = core.jat_inline_max - 3, core.jat_inline_max + 3 do
+				local full = "u@h/" .. ("r"):rep(len - 4);
+				local tag = assert(key:encode(full));
+				assert.is_true(is_valid_resource(tag), "length " .. len);
+				assert.equal(full, key:decode(tag));
+			end
+		end);
+
+		it("are stable for one secret and context, across instances", function ()
+			local other <close> = assert(core.jat("a shared secret", COMPONENT));
+			local full = "alice@example.com/phone";
+			assert.equal(key:encode(full), other:encode(full));
+			assert.equal(full, other:decode(key:encode(full)));
+		end);
+
+		it("reject tags of another secret, another component or a random key", function ()
+			local other_secret <close> = assert(core.jat("another secret", COMPONENT));
+			local other_component <close> = assert(core.jat("a shared secret", "other.example"));
+			local random_a <close> = assert(core.jat(nil, COMPONENT));
+			local random_b <close> = assert(core.jat(nil, COMPONENT));
+			local full = "alice@example.com/phone";
+			for _, foreign in ipairs({ other_secret, other_component, random_a }) do
+				assert.same({ nil, "invalid" }, { key:decode(foreign:encode(full)) });
+			end
+			assert.same({ nil, "invalid" }, { random_b:decode(random_a:encode(full)) });
+			assert.equal(full, random_a:decode(random_a:encode(full)));
+		end);
+
+		it("reject every altered byte, in short and long tags", function ()
+			for _, full in ipairs({ "alice@example.com/phone", "a@b", ("x"):rep(2000) .. "@h/r" }) do
+				local tag = key:encode(full);
+				for i = 1, #tag do
+					local original = tag:sub(i, i);
+					for c in (ALPHABET .. "=+/. \0\255"):gmatch(".") do
+						if c ~= original then
+							local altered = tag:sub(1, i - 1) .. c .. tag:sub(i + 1);
+							assert.same({ nil, "invalid" }, { key:decode(altered) }, ("byte %d -> %q"):format(i, c));
+						end
+					end
+				end
+			end
+		end);
+
+		it("reject truncated, extended and reordered tags", function ()
+			local tag = key:encode("alice@example.com/phone");
+			for len = 0, #tag - 1 do
+				assert.is_nil(key:decode(tag:sub(1, len)), "truncated to " .. len);
+			end
+			for c in ALPHABET:gmatch(".") do
+				assert.is_nil(key:decode(tag .. c));
+				assert.is_nil(key:decode(c .. tag));
+			end
+			assert.is_nil(key:decode(tag:sub(2) .. tag:sub(1, 1)));
+			assert.is_nil(key:decode(tag:reverse()));
+			assert.is_nil(key:decode(tag .. ("A"):rep(2000)));
+		end);
+
+		it("reject random strings", function ()
+			for _ = 1, 2000 do
+				local len = math.random(0, 64);
+				local chars = {};
+				for i = 1, len do
+					local k = math.random(#ALPHABET);
+					chars[i] = ALPHABET:sub(k, k);
+				end
+				assert.is_nil(key:decode(table.concat(chars)));
+			end
+		end);
+
+		it("refuse empty and NUL-led input", function ()
+			assert.same({ nil, "invalid" }, { key:encode("") });
+			assert.same({ nil, "invalid" }, { key:encode("\0a@b") });
+			assert.same({ nil, "invalid" }, { key:encode(("x"):rep(5000)) });
+		end);
+
+		it("forget long JIDs only after two generations of others", function ()
+			local long = ("l"):rep(1000) .. "@h/r";
+			local tag = key:encode(long);
+			for i = 1, 4000 do
+				key:encode(("m"):rep(1000) .. i);
+			end
+			assert.equal(long, key:decode(tag));
+			for i = 1, 9000 do
+				key:encode(("n"):rep(1000) .. i);
+			end
+			assert.same({ nil, "expired" }, { key:decode(tag) });
+			assert.equal(tag, key:encode(long), "encoding again gives the same tag");
+			assert.equal(long, key:decode(tag));
+		end);
+	end);
+
+	describe(":close", function ()
+		it("is idempotent and makes later use an error", function ()
+			local k = assert(core.jat(nil, COMPONENT));
+			k:close();
+			k:close();
+			assert.has_error(function () k:encode("a@b"); end);
+			assert.matches("closed", tostring(k));
+		end);
+
+		it("rejects an empty secret and a missing context", function ()
+			assert.has_error(function () core.jat("", COMPONENT); end);
+			assert.has_error(function () core.jat("s"); end);
+		end);
+	end);
+end);
