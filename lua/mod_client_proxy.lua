@@ -1,0 +1,444 @@
+-- mod_client_proxy: Jabber Address Translation (JAT) in front of a client.
+--
+-- IQ requests and messages sent to this component go to a resource of the
+-- target account (the "implementing client"), from component/TAG, where TAG
+-- is the sender's JID packed with a MAC by the C extension (src/jat.c).
+-- Replies are routed back only when they answer a request this component
+-- sent to that very resource with that id; the implementing client can also
+-- start IQs and messages to component/TAG, which reach the JID inside TAG.
+-- A superset of prosody-modules' mod_client_proxy, with its configuration.
+-- Resource choice is in cproxy/resources.lua.
+-- SPDX-License-Identifier: MIT
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
+local cproxy = dofile(here .. "/cproxy/boot.lua")(here);
+local resources = cproxy.require("resources");
+module:log("debug", "Using the C extension %s", cproxy.core_path);
+
+local st = require "util.stanza";
+local jid_split, jid_bare, jid_prep = require "util.jid".split, require "util.jid".bare, require "util.jid".prep;
+local set = require "util.set";
+
+local host = module.host;
+
+if module:get_host_type() ~= "component" then
+	error("client_proxy must be loaded as a Component, not on the VirtualHost " .. host
+		.. " (Component \"proxy." .. host .. "\" \"client_proxy\")", 0);
+end
+
+local target = module:get_option_string("target_address");
+if not target or not jid_prep(target) or jid_prep(target) ~= jid_bare(jid_prep(target)) then
+	error("client_proxy: target_address must be set to the bare JID of the implementing client, got "
+		.. tostring(target), 0);
+end
+target = jid_prep(target);
+local _, target_host = jid_split(target);
+
+local function clamp(value, min, max)
+	return math.max(min, math.min(max, value));
+end
+
+local policy = module:get_option_string("client_proxy_policy", "random");
+if not set.new(resources.policies):contains(policy) then
+	module:log("error", "client_proxy_policy must be one of %s, not %q; using \"random\"",
+		table.concat(resources.policies, ", "), policy);
+	policy = "random";
+end
+local preferred = module:get_option_array("client_proxy_resources", {});
+local request_timeout = clamp(module:get_option_number("client_proxy_timeout", 30), 1, 86400);
+local secret = module:get_option_string("client_proxy_secret");
+
+-- The key survives a module reload, so tags handed out before it stay valid.
+local shared = module:shared("key");
+if not shared.key or shared.secret ~= secret then
+	if shared.key then
+		shared.key:close();
+	end
+	shared.key = assert(cproxy.core.jat(secret, host));
+	shared.secret = secret;
+end
+local key = shared.key;
+
+local measure_routed = module:measure("routed", "counter");
+local measure_replies = module:measure("replies", "counter");
+local measure_timeouts = module:measure("timeouts", "counter");
+local measure_failovers = module:measure("failovers", "counter");
+local measure_dropped = module:measure("dropped", "counter");
+local measure_messages = module:measure("messages", "counter");
+local pending_gauge = module:metric("gauge", "pending", "", "IQ requests awaiting a reply, per resource of the implementing client", { "resource" });
+
+local pool = assert(resources.new(policy, preferred));
+
+-- Requests in flight. A request from a user is keyed by the resource it went
+-- to, the tag it came from and its id: exactly what a genuine reply carries.
+-- A request from the implementing client gets a fresh id (two resources may
+-- use the same one), keyed in `started`.
+local pending = {}; -- "resource\0tag\0id" -> record
+local started = {}; -- fresh id -> record
+local by_resource = {}; -- resource -> { [record] = true }
+local next_id = 0;
+
+-- Records in order of deadline (the timeout is the same for all), so
+-- expiring is popping from the front: O(1) per request.
+local queue, queue_head, queue_tail = {}, 1, 0;
+local sweep_timer;
+
+local function update_gauge(resource, delta)
+	pending_gauge:with_labels(resource):set(pool:add_pending(resource, delta));
+end
+
+local function track(record)
+	local list = by_resource[record.resource];
+	if not list then
+		list = {};
+		by_resource[record.resource] = list;
+	end
+	list[record] = true;
+	update_gauge(record.resource, 1);
+end
+
+local function untrack(record)
+	local list = by_resource[record.resource];
+	if list then
+		list[record] = nil;
+		if next(list) == nil then
+			by_resource[record.resource] = nil;
+		end
+	end
+	update_gauge(record.resource, -1);
+end
+
+local function finish(record)
+	record.done = true;
+	if record.key then
+		pending[record.key] = nil;
+	else
+		started[record.fresh_id] = nil;
+	end
+	untrack(record);
+end
+
+-- An error to whoever sent the request of `record`, as if from the address
+-- the request was sent to.
+local function send_error(record, type_, condition, text)
+	local request = st.iq({ type = record.type, id = record.id, from = record.sender, to = record.via });
+	module:send(st.error_reply(request, type_, condition, text));
+end
+
+local function expire()
+	sweep_timer = nil;
+	local now = os.time();
+	while queue_head <= queue_tail do
+		local record = queue[queue_head];
+		if not record.done then
+			if record.deadline > now then
+				sweep_timer = module:add_timer(record.deadline - now, expire);
+				return;
+			end
+			finish(record);
+			measure_timeouts(1);
+			module:log("debug", "No reply from %s/%s to %s's %s in %ds", target, record.resource,
+				record.sender, record.id, request_timeout);
+			send_error(record, "wait", "remote-server-timeout", "The implementing client did not reply in time");
+		end
+		queue[queue_head] = nil;
+		queue_head = queue_head + 1;
+	end
+end
+
+local function enqueue(record)
+	record.deadline = os.time() + request_timeout;
+	queue_tail = queue_tail + 1;
+	queue[queue_tail] = record;
+	if not sweep_timer then
+		sweep_timer = module:add_timer(request_timeout, expire);
+	end
+end
+
+-- Sends a user's request to `resource`. Returns false when the same request
+-- (resource, tag, id) is already in flight.
+local function dispatch(record, stanza, resource)
+	local k = resource .. "\0" .. record.tag .. "\0" .. record.id;
+	if pending[k] then
+		return false;
+	end
+	record.resource, record.key = resource, k;
+	pending[k] = record;
+	track(record);
+	stanza.attr.from = host .. "/" .. record.tag;
+	stanza.attr.to = target .. "/" .. resource;
+	module:send(stanza);
+	return true;
+end
+
+-- A request from a user (anyone but the target).
+local function route_request(stanza)
+	local sender = stanza.attr.from;
+	local resource = pool:choose(sender);
+	if not resource then
+		module:send(st.error_reply(stanza, "cancel", "service-unavailable", "No implementing client is available"));
+		return true;
+	end
+	local tag = key:encode(sender);
+	if not tag then
+		module:send(st.error_reply(stanza, "modify", "jid-malformed"));
+		return true;
+	end
+	local record = {
+		sender = sender, via = stanza.attr.to, id = stanza.attr.id, type = stanza.attr.type, tag = tag,
+		-- A get may be re-sent to another resource if this one goes away.
+		stanza = stanza.attr.type == "get" and stanza or nil,
+	};
+	if not dispatch(record, stanza, resource) then
+		record.stanza = nil;
+		module:send(st.error_reply(stanza, "modify", "bad-request", "A request with this id is already pending"));
+		return true;
+	end
+	enqueue(record);
+	measure_routed(1);
+	return true;
+end
+
+-- Re-sends a get to another resource, or fails the request: a set may have
+-- taken effect, so it is never repeated.
+local function reroute(record, gone)
+	finish(record);
+	record.done = nil;
+	local other = record.stanza and pool:choose(record.sender);
+	if other and dispatch(record, st.clone(record.stanza), other) then
+		measure_failovers(1);
+		module:log("debug", "Re-sent %s's %s from %s to %s", record.sender, record.id, gone, other);
+		return;
+	end
+	record.done = true;
+	module:log("debug", "%s went away with %s's %s %s", gone, record.sender, record.type, record.id);
+	send_error(record, "cancel", "recipient-unavailable", "The implementing client went away");
+end
+
+-- Moves or fails the requests of a resource that went away.
+local function fail_over(resource)
+	local list = by_resource[resource];
+	if not list then
+		return;
+	end
+	for record in pairs(list) do
+		if record.key then
+			reroute(record, resource);
+		end
+	end
+end
+
+local function resource_gone(resource)
+	if pool:remove(resource) then
+		module:log("debug", "%s/%s is unavailable", target, resource);
+	end
+	fail_over(resource);
+end
+
+local function all_gone()
+	for _, resource in ipairs(pool:clear()) do
+		fail_over(resource);
+	end
+end
+
+-- Asks for the target's presence and subscribes to it. Harmless to repeat.
+-- The probe goes first: while the subscription is not approved, the
+-- target's server answers a probe with "unsubscribed", which would cancel
+-- a subscription request sent before it.
+local function subscribe()
+	module:log("debug", "Subscribing to %s", target);
+	module:send(st.presence({ type = "probe", from = host, to = target }));
+	module:send(st.presence({ type = "subscribe", from = host, to = target }));
+end
+
+local function on_target_presence(stanza)
+	local _, _, resource = jid_split(stanza.attr.from);
+	local type_ = stanza.attr.type;
+	if type_ == nil then
+		if resource then
+			local priority = tonumber(stanza:get_child_text("priority")) or 0;
+			if not pool:has(resource) then
+				module:log("debug", "%s/%s is available (priority %d)", target, resource, priority);
+			end
+			pool:set(resource, priority);
+		end
+	elseif type_ == "unavailable" then
+		if resource then
+			resource_gone(resource);
+		else
+			all_gone();
+		end
+	elseif type_ == "error" then
+		all_gone();
+	elseif type_ == "subscribe" then
+		module:send(st.presence({ type = "subscribed", from = host, to = target }));
+	elseif type_ == "subscribed" then
+		module:log("info", "%s accepted the subscription", target);
+		module:send(st.presence({ type = "probe", from = host, to = target }));
+	elseif type_ == "unsubscribed" then
+		module:log("warn", "%s has not accepted this component's subscription: no request can be routed until it does", target);
+		all_gone();
+	elseif type_ == "probe" then
+		module:send(st.presence({ from = host, to = stanza.attr.from }));
+	end
+	return true;
+end
+
+local function drop(stanza, why)
+	measure_dropped(1);
+	module:log("debug", "Dropped %s %s from %s to %s: %s", stanza.name, stanza.attr.type or "", stanza.attr.from,
+		stanza.attr.to, why);
+	return true;
+end
+
+-- A reply from the target to component/TAG: forwarded only if it answers a
+-- request sent to that resource with that id.
+local function on_target_reply(stanza, resource, tag)
+	local record = pending[resource .. "\0" .. (tag or "") .. "\0" .. (stanza.attr.id or "")];
+	if not record then
+		return drop(stanza, "not a reply to a pending request");
+	end
+	if stanza.attr.type == "error" and record.stanza and not pool:has(resource) then
+		-- The server bounced it: the resource left before the request got there.
+		reroute(record, resource);
+		return true;
+	end
+	finish(record);
+	measure_replies(1);
+	stanza.attr.from = record.via;
+	stanza.attr.to = record.sender;
+	module:send(stanza);
+	return true;
+end
+
+-- An IQ request or a message from the target to component/TAG.
+local function on_target_request(stanza, resource, tag)
+	local peer, err = key:decode(tag or "");
+	if not peer then
+		if stanza.attr.type ~= "error" and stanza.attr.type ~= "result" then
+			module:send(st.error_reply(stanza, "cancel", "item-not-found",
+				err == "expired" and "This address has expired" or "Not an address of this component"));
+		end
+		return drop(stanza, "the tag is " .. err);
+	end
+	if stanza.name == "message" then
+		measure_messages(1);
+		stanza.attr.from, stanza.attr.to = host, peer;
+		module:send(stanza);
+		return true;
+	end
+	next_id = next_id + 1;
+	local fresh_id = ("jat%x"):format(next_id);
+	local record = {
+		fresh_id = fresh_id, resource = resource, id = stanza.attr.id, type = stanza.attr.type,
+		sender = stanza.attr.from, via = stanza.attr.to, peer = peer,
+	};
+	started[fresh_id] = record;
+	track(record);
+	enqueue(record);
+	measure_routed(1);
+	stanza.attr.from, stanza.attr.to, stanza.attr.id = host, peer, fresh_id;
+	module:send(stanza);
+	return true;
+end
+
+-- A user's reply to a request the implementing client started.
+local function on_user_reply(stanza)
+	local record = started[stanza.attr.id];
+	if not record or record.peer ~= stanza.attr.from then
+		return drop(stanza, "not a reply to a pending request");
+	end
+	finish(record);
+	measure_replies(1);
+	stanza.attr.from, stanza.attr.to, stanza.attr.id = record.via, record.sender, record.id;
+	module:send(stanza);
+	return true;
+end
+
+local function is_request(stanza)
+	return stanza.name == "iq" and (stanza.attr.type == "get" or stanza.attr.type == "set");
+end
+
+local function on_stanza(event)
+	local stanza = event.stanza;
+	local from = stanza.attr.from;
+	local _, to_host, to_resource = jid_split(stanza.attr.to);
+	if to_host ~= host then
+		return; -- not ours (cannot happen for a component, but cheap to check)
+	end
+	local from_node, from_host, from_resource = jid_split(from);
+	if from_resource and from_node and (from_node .. "@" .. from_host) == target then
+		if stanza.name == "presence" then
+			return on_target_presence(stanza);
+		end
+		if stanza.name == "iq" and not is_request(stanza) then
+			return on_target_reply(stanza, from_resource, to_resource);
+		end
+		if not to_resource then
+			if stanza.attr.type ~= "error" then
+				module:send(st.error_reply(stanza, "cancel", "feature-not-implemented",
+					"Address component/TAG, where TAG is the resource requests came from"));
+			end
+			return true;
+		end
+		return on_target_request(stanza, from_resource, to_resource);
+	end
+	if stanza.name == "presence" then
+		if jid_bare(from) == target then
+			return on_target_presence(stanza); -- from the bare JID: the server speaking for it
+		end
+		return; -- others' presence is not ours to handle
+	end
+	if is_request(stanza) then
+		return route_request(stanza);
+	end
+	if stanza.name == "iq" then
+		if to_resource then
+			return drop(stanza, "replies go to the component's bare address");
+		end
+		return on_user_reply(stanza);
+	end
+	-- A message from a user.
+	local resource = pool:choose(from);
+	local tag = resource and key:encode(from);
+	if not tag then
+		if stanza.attr.type ~= "error" then
+			module:send(st.error_reply(stanza, "cancel", "service-unavailable", "No implementing client is available"));
+		end
+		return true;
+	end
+	measure_messages(1);
+	stanza.attr.from, stanza.attr.to = host .. "/" .. tag, target .. "/" .. resource;
+	module:send(stanza);
+	return true;
+end
+
+for _, kind in ipairs({ "iq", "message", "presence" }) do
+	for _, to_type in ipairs({ "host", "bare", "full" }) do
+		module:hook(kind .. "/" .. to_type, on_stanza, -1);
+	end
+end
+
+-- Start-up order must not matter: subscribe now if the target's host is
+-- up, and again whenever it (re)activates. The priority lets the module
+-- manager load that host's modules (roster, presence) first.
+module:hook_global("host-activated", function (activated)
+	if activated == target_host then
+		subscribe();
+	end
+end, -100);
+
+-- A local target host that is not up yet will announce itself.
+if prosody.hosts[target_host] or not require "core.configmanager".getconfig()[target_host] then
+	subscribe();
+end
+
+function module.unload()
+	-- Nobody will answer these any more; tell their senders now.
+	for _, record in pairs(pending) do
+		send_error(record, "wait", "service-unavailable", "The service is restarting");
+	end
+	for _, record in pairs(started) do
+		send_error(record, "wait", "service-unavailable", "The service is restarting");
+	end
+end

@@ -1,0 +1,543 @@
+-- mod_client_proxy in a real Prosody: users and an implementing client with
+-- several resources, all real XMPP sessions over loopback. Each component
+-- fronts its own account, so one spec's departing resources never reach
+-- another's.
+local socket = require "socket";
+local prosody = require "spec.helpers.prosody";
+local xmpp = require "spec.helpers.xmpp_client";
+local st = require "util.stanza";
+
+local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
+local xmlns_test = "urn:example:client-proxy";
+
+local components = {
+	{ "plain", {} },
+	{ "short", { client_proxy_timeout = 2 } },
+	{ "rr", { client_proxy_policy = "round_robin" } },
+	{ "sticky", { client_proxy_policy = "sticky" } },
+	{ "least", { client_proxy_policy = "least_pending" } },
+	{ "pinned", { client_proxy_policy = "round_robin", client_proxy_resources = { "second", "first" } } },
+	{ "failover", { client_proxy_policy = "round_robin" } },
+	{ "prio", { client_proxy_policy = "round_robin" } },
+};
+
+local function config()
+	local lines = { 'VirtualHost "localhost"', "" };
+	for _, c in ipairs(components) do
+		table.insert(lines, ('Component "%s.localhost" "client_proxy"'):format(c[1]));
+		table.insert(lines, ('\ttarget_address = "%s-svc@localhost"'):format(c[1]));
+		for k, v in pairs(c[2]) do
+			if type(v) == "table" then
+				v = '{ "' .. table.concat(v, '", "') .. '" }';
+			elseif type(v) == "string" then
+				v = ("%q"):format(v);
+			end
+			table.insert(lines, ("\t%s = %s"):format(k, v));
+		end
+		table.insert(lines, "");
+	end
+	return table.concat(lines, "\n");
+end
+
+local function accounts()
+	local list = {
+		{ "alice", "localhost", "alice" }, { "bob", "localhost", "bob" },
+		{ "ñandú", "localhost", "ñandú" },
+	};
+	for _, c in ipairs(components) do
+		table.insert(list, { c[1] .. "-svc", "localhost", c[1] .. "-svc" });
+	end
+	return list;
+end
+
+local function login(server, user, resource, opts)
+	opts = opts or {};
+	return assert(xmpp.connect({ port = server.ports.c2s, domain = opts.domain or "localhost", username = user,
+		password = user, resource = resource or ("r" .. math.random(1e6)), priority = opts.priority }));
+end
+
+local function condition(reply)
+	local err = reply and reply:get_child("error");
+	if not err then
+		return nil;
+	end
+	for child in err:childtags(nil, xmlns_stanzas) do
+		if child.name ~= "text" then
+			return err.attr.type .. "/" .. child.name;
+		end
+	end
+end
+
+local function request(to, type_, id)
+	return xmpp.iq({ type = type_ or "get", to = to, id = id }):tag("query", { xmlns = xmlns_test }):up();
+end
+
+-- Pumps all `clients` until one holds a stanza matching `predicate`;
+-- returns that client and the stanza.
+local function await_any(clients, predicate, timeout)
+	local deadline = socket.gettime() + (timeout or 5);
+	repeat
+		for _, client in ipairs(clients) do
+			for i, stanza in ipairs(client.queue) do
+				if predicate(stanza) then
+					table.remove(client.queue, i);
+					return client, stanza;
+				end
+			end
+		end
+		for _, client in ipairs(clients) do
+			client:pump(0.01);
+		end
+	until socket.gettime() > deadline;
+	return nil;
+end
+
+local function is_request(stanza)
+	return stanza.name == "iq" and (stanza.attr.type == "get" or stanza.attr.type == "set");
+end
+
+local function answer(client, req)
+	client:send(st.reply(req):tag("served", { xmlns = xmlns_test, by = client.jid }));
+end
+
+-- Approves the component's subscription request, if one is waiting.
+local function approve(client, component)
+	local sub = client:await(function (s)
+		return s.name == "presence" and s.attr.type == "subscribe" and s.attr.from == component;
+	end, 0.5);
+	if sub then
+		client:send(st.presence({ type = "subscribed", to = component }));
+	end
+end
+
+-- Logs in the implementing client's resources and waits until they are
+-- routed to: requests are answered until `opts.wait_for` resources (all by
+-- default) have served one. With `opts.fresh_senders`, each request comes
+-- from a new session, for policies that keep a sender on one resource.
+local function implementing(server, name, resources, opts)
+	opts = opts or {};
+	local component = name .. ".localhost";
+	local clients = {};
+	for _, resource in ipairs(resources) do
+		local client = login(server, name .. "-svc", resource, opts);
+		approve(client, component);
+		table.insert(clients, client);
+	end
+	local wanted = opts.wait_for or #clients;
+	local user = login(server, "bob");
+	local seen, count, deadline = {}, 0, socket.gettime() + 10;
+	while count < wanted and socket.gettime() < deadline do
+		if opts.fresh_senders then
+			user:close();
+			user = login(server, "bob");
+		end
+		user:send(request(component));
+		local client, req = await_any(clients, is_request, 0.5);
+		if client then
+			answer(client, req);
+			assert(user:await_iq("result", 2));
+			if not seen[client] then
+				seen[client], count = true, count + 1;
+			end
+		else
+			user:await_iq("error", 1);
+			socket.sleep(0.1);
+		end
+	end
+	user:close();
+	assert(count == wanted, "not every resource of " .. name .. " became routable");
+	return clients;
+end
+
+-- What reached `client` within `timeout`, other than presence.
+local function delivered(client, timeout)
+	local got = {};
+	for _, stanza in ipairs(client:drain(timeout)) do
+		if stanza.name ~= "presence" then
+			table.insert(got, stanza);
+		end
+	end
+	return got;
+end
+
+local function close_all(list)
+	for _, client in ipairs(list) do
+		client:close();
+	end
+end
+
+describe("mod_client_proxy #integration", function ()
+	local server;
+
+	lazy_setup(function ()
+		server = prosody.start({ hosts = config(), accounts = accounts() });
+	end);
+
+	lazy_teardown(function ()
+		if server then
+			server:stop();
+		end
+	end);
+
+	it("routes a request to the implementing client and its reply back, ids kept", function ()
+		local svc = implementing(server, "plain", { "a" });
+		local alice = login(server, "alice", "desk");
+		finally(function () close_all({ svc[1], alice }); end);
+
+		alice:send(request("plain.localhost", "get", "q-1"));
+		local req = assert(svc[1]:await(is_request));
+		assert.equal("q-1", req.attr.id);
+		assert.equal("plain-svc@localhost/a", req.attr.to);
+		local tag = req.attr.from:match("^plain%.localhost/(.+)$");
+		assert.truthy(tag, req.attr.from);
+		assert.is_nil(tag:find("alice", 1, true), "the tag is not the raw JID");
+		assert.truthy(req:get_child("query", xmlns_test), "the payload is forwarded");
+
+		answer(svc[1], req);
+		local reply = assert(alice:await_iq("result"));
+		assert.equal("q-1", reply.attr.id);
+		assert.equal("plain.localhost", reply.attr.from);
+		assert.equal("plain-svc@localhost/a", reply:get_child("served", xmlns_test).attr.by);
+
+		alice:send(request("plain.localhost", "set", "q-2"));
+		req = assert(svc[1]:await(is_request));
+		assert.equal("set", req.attr.type);
+		svc[1]:send(st.error_reply(req, "cancel", "not-allowed"));
+		reply = assert(alice:await_iq("error"));
+		assert.equal("q-2", reply.attr.id);
+		assert.equal("cancel/not-allowed", condition(reply));
+	end);
+
+	it("gives each sender its own tag, and the same one every time", function ()
+		local svc = implementing(server, "plain", { "a" });
+		local alice1, alice2 = login(server, "alice", "one"), login(server, "alice", "two");
+		finally(function () close_all({ svc[1], alice1, alice2 }); end);
+		local tags = {};
+		for _, user in ipairs({ alice1, alice2, alice1 }) do
+			user:send(request("plain.localhost"));
+			local req = assert(svc[1]:await(is_request));
+			table.insert(tags, req.attr.from);
+			answer(svc[1], req);
+			assert(user:await_iq("result"));
+		end
+		assert.not_equal(tags[1], tags[2]);
+		assert.equal(tags[1], tags[3]);
+	end);
+
+	it("answers service-unavailable when no resource is available", function ()
+		local alice = login(server, "alice");
+		finally(function () alice:close(); end);
+		local reply = assert(alice:request(request("short.localhost")));
+		assert.equal("cancel/service-unavailable", condition(reply));
+		alice:send(st.message({ to = "short.localhost", type = "chat" }):tag("body"):text("hi"):up());
+		local bounced = assert(alice:await_message());
+		assert.equal("error", bounced.attr.type);
+		assert.equal("cancel/service-unavailable", condition(bounced));
+	end);
+
+	it("routes with Unicode JIDs and '/' and '@' in resources", function ()
+		local svc = implementing(server, "plain", { "a" });
+		local nandu = login(server, "ñandú", "电话/@home");
+		finally(function () close_all({ svc[1], nandu }); end);
+		assert.equal("ñandú@localhost/电话/@home", nandu.jid);
+		nandu:send(request("plain.localhost", "get", "ü-1"));
+		local req = assert(svc[1]:await(is_request));
+		answer(svc[1], req);
+		local reply = assert(nandu:await_iq("result"));
+		assert.equal("ü-1", reply.attr.id);
+		-- and the implementing client reaches that JID through the tag
+		svc[1]:send(st.message({ to = req.attr.from, type = "chat" }):tag("body"):text("¿qué tal?"):up());
+		local msg = assert(nandu:await_message());
+		assert.equal("plain.localhost", msg.attr.from);
+		assert.equal("¿qué tal?", msg:get_child_text("body"));
+	end);
+
+	it("never delivers forged, altered or unsolicited replies", function ()
+		local svc = implementing(server, "rr", { "first", "second" });
+		local alice, bob = login(server, "alice"), login(server, "bob");
+		finally(function () close_all({ svc[1], svc[2], alice, bob }); end);
+
+		alice:send(request("rr.localhost", "get", "real"));
+		local owner, req = await_any(svc, is_request);
+		assert.truthy(owner);
+		local other = owner == svc[1] and svc[2] or svc[1];
+		local tag_address = req.attr.from;
+
+		-- the other resource, with the right tag and id
+		other:send(st.reply(req):tag("forged", { xmlns = xmlns_test }));
+		-- the right resource, the wrong id
+		owner:send(st.iq({ type = "result", id = "not-real", to = tag_address }));
+		-- the right resource and id, an altered tag (every position tried)
+		local tag = tag_address:match("/(.*)$");
+		for i = 1, #tag, 3 do
+			local c = tag:sub(i, i) == "A" and "B" or "A";
+			owner:send(st.iq({ type = "result", id = "real", to = "rr.localhost/" .. tag:sub(1, i - 1) .. c .. tag:sub(i + 1) }));
+		end
+		-- someone else entirely, to the tag and to the bare component
+		bob:send(st.iq({ type = "result", id = "real", to = tag_address }));
+		bob:send(st.iq({ type = "result", id = "real", to = "rr.localhost" }));
+		-- a request from the implementing client to an altered tag is refused
+		local refused = assert(owner:request(xmpp.iq({ type = "get", to = "rr.localhost/AAAAAAAAAAAAAAAAAAAAAAAAAAA" })
+			:tag("query", { xmlns = xmlns_test }):up()));
+		assert.equal("cancel/item-not-found", condition(refused));
+
+		local leaked = delivered(alice, 0.5);
+		assert.same({}, leaked, "nothing reached alice before the genuine reply");
+
+		owner:send(st.reply(req):tag("genuine", { xmlns = xmlns_test }));
+		local reply = assert(alice:await_iq("result"));
+		assert.truthy(reply:get_child("genuine", xmlns_test));
+		-- a second reply to the same request is unsolicited
+		owner:send(st.reply(req):tag("again", { xmlns = xmlns_test }));
+		assert.same({}, delivered(alice, 0.5));
+		assert.same({}, delivered(bob, 0.1));
+	end);
+
+	it("sends messages both ways, and lets the implementing client start IQs", function ()
+		local svc = implementing(server, "plain", { "a" });
+		local alice = login(server, "alice", "chat");
+		finally(function () close_all({ svc[1], alice }); end);
+
+		alice:send(st.message({ to = "plain.localhost", type = "chat", id = "m1" }):tag("body"):text("hello"):up());
+		local msg = assert(svc[1]:await_message());
+		assert.equal("hello", msg:get_child_text("body"));
+		local tag_address = msg.attr.from;
+		assert.truthy(tag_address:match("^plain%.localhost/"));
+
+		svc[1]:send(st.message({ to = tag_address, type = "chat" }):tag("body"):text("hello back"):up());
+		local back = assert(alice:await_message());
+		assert.equal("plain.localhost", back.attr.from);
+		assert.equal("alice@localhost/chat", back.attr.to);
+		assert.equal("hello back", back:get_child_text("body"));
+
+		-- an IQ started by the implementing client, and its reply routed back
+		svc[1]:send(st.iq({ type = "get", id = "from-svc", to = tag_address }):tag("query", { xmlns = xmlns_test }):up());
+		local req = assert(alice:await(is_request));
+		assert.equal("plain.localhost", req.attr.from);
+		alice:send(st.reply(req):tag("ok", { xmlns = xmlns_test }));
+		local reply = assert(svc[1]:await_iq("result"));
+		assert.equal("from-svc", reply.attr.id);
+		assert.equal(tag_address, reply.attr.from);
+		assert.truthy(reply:get_child("ok", xmlns_test));
+	end);
+
+	it("alternates strictly under round_robin", function ()
+		local svc = implementing(server, "rr", { "first", "second" });
+		local alice = login(server, "alice");
+		finally(function () close_all({ svc[1], svc[2], alice }); end);
+		local order = {};
+		for i = 1, 10 do
+			alice:send(request("rr.localhost", "get", "rr" .. i));
+			local client, req = await_any(svc, is_request);
+			assert.truthy(client);
+			answer(client, req);
+			assert(alice:await_iq("result"));
+			table.insert(order, client == svc[1] and 1 or 2);
+		end
+		for i = 3, 10 do
+			assert.equal(order[i - 2], order[i]);
+			assert.not_equal(order[i - 1], order[i]);
+		end
+	end);
+
+	it("keeps each sender on one resource under sticky", function ()
+		local svc = implementing(server, "sticky", { "first", "second", "third" }, { fresh_senders = true });
+		local alice, bob = login(server, "alice"), login(server, "bob");
+		finally(function () close_all({ svc[1], svc[2], svc[3], alice, bob }); end);
+		for _, user in ipairs({ alice, bob }) do
+			local used = {};
+			for _ = 1, 8 do
+				user:send(request("sticky.localhost"));
+				local client, req = await_any(svc, is_request);
+				answer(client, req);
+				assert(user:await_iq("result"));
+				used[client] = true;
+			end
+			local n = 0;
+			for _ in pairs(used) do
+				n = n + 1;
+			end
+			assert.equal(1, n);
+		end
+	end);
+
+	it("prefers the resource with fewer pending requests under least_pending", function ()
+		local svc = implementing(server, "least", { "first", "second" });
+		local alice = login(server, "alice");
+		finally(function () close_all({ svc[1], svc[2], alice }); end);
+		-- four requests, none answered: two each
+		local held = {};
+		for i = 1, 4 do
+			alice:send(request("least.localhost", "get", "l" .. i));
+			local client, req = await_any(svc, is_request);
+			held[client] = (held[client] or 0) + 1;
+			table.insert(held, { client, req });
+		end
+		assert.equal(2, held[svc[1]]);
+		assert.equal(2, held[svc[2]]);
+		-- the first resource answers its two: the next two go there
+		for _, pair in ipairs(held) do
+			if pair[1] == svc[1] then
+				answer(pair[1], pair[2]);
+			end
+		end
+		assert(alice:await_iq("result"));
+		assert(alice:await_iq("result"));
+		for i = 5, 6 do
+			alice:send(request("least.localhost", "get", "l" .. i));
+			local client = await_any(svc, is_request);
+			assert.equal(svc[1], client);
+		end
+	end);
+
+	it("pins requests to the first available preferred resource", function ()
+		local svc = implementing(server, "pinned", { "first", "other" }, { wait_for = 1 });
+		local alice = login(server, "alice");
+		finally(function () close_all({ svc[1], svc[2], alice }); end);
+		-- "second" is preferred but absent: "first" is next in the list
+		for _ = 1, 4 do
+			alice:send(request("pinned.localhost"));
+			local client, req = await_any(svc, is_request);
+			assert.equal(svc[1], client);
+			answer(client, req);
+			assert(alice:await_iq("result"));
+		end
+		local second = login(server, "pinned-svc", "second");
+		finally(function () second:close(); end);
+		local all = { svc[1], svc[2], second };
+		local got;
+		for _ = 1, 50 do -- until the component has seen "second" arrive
+			alice:send(request("pinned.localhost"));
+			local client, req = await_any(all, is_request);
+			answer(client, req);
+			assert(alice:await_iq("result"));
+			got = client;
+			if got == second then
+				break;
+			end
+			socket.sleep(0.05);
+		end
+		assert.equal(second, got);
+	end);
+
+	it("routes only to the highest priority", function ()
+		local svc = implementing(server, "prio", { "low" }, { priority = 1 });
+		local high = login(server, "prio-svc", "high", { priority = 5 });
+		finally(function () close_all({ svc[1], high }); end);
+		local alice = login(server, "alice");
+		finally(function () alice:close(); end);
+		local client;
+		for _ = 1, 50 do
+			alice:send(request("prio.localhost"));
+			local req;
+			client, req = await_any({ svc[1], high }, is_request);
+			answer(client, req);
+			assert(alice:await_iq("result"));
+			if client == high then
+				break;
+			end
+			socket.sleep(0.05);
+		end
+		assert.equal(high, client);
+		for _ = 1, 4 do
+			alice:send(request("prio.localhost"));
+			local c, req = await_any({ svc[1], high }, is_request);
+			assert.equal(high, c);
+			answer(c, req);
+			assert(alice:await_iq("result"));
+		end
+	end);
+
+	it("re-sends a pending get and fails a pending set when their resource leaves", function ()
+		local svc = implementing(server, "failover", { "first", "second" });
+		local alice = login(server, "alice");
+		finally(function () close_all({ svc[1], svc[2], alice }); end);
+
+		alice:send(request("failover.localhost", "get", "g1"));
+		local owner, req = await_any(svc, is_request);
+		local other = owner == svc[1] and svc[2] or svc[1];
+		local tag_address = req.attr.from;
+		owner:close();
+
+		local again = assert(other:await(is_request));
+		assert.equal("g1", again.attr.id);
+		assert.equal(tag_address, again.attr.from);
+		answer(other, again);
+		local reply = assert(alice:await_iq("result"));
+		assert.equal("g1", reply.attr.id);
+		assert.equal(other.jid, reply:get_child("served", xmlns_test).attr.by);
+
+		-- a set is not repeated: it may have taken effect
+		local third = login(server, "failover-svc", "third");
+		finally(function () third:close(); end);
+		local target;
+		for _ = 1, 50 do
+			alice:send(request("failover.localhost", "set", "s1"));
+			target, req = await_any({ other, third }, is_request);
+			if target == third then
+				break;
+			end
+			answer(target, req);
+			assert(alice:await_iq("result"));
+			socket.sleep(0.05);
+		end
+		assert.equal(third, target);
+		third:close();
+		reply = assert(alice:await_iq("error"));
+		assert.equal("s1", reply.attr.id);
+		assert.equal("cancel/recipient-unavailable", condition(reply));
+		assert.same({}, delivered(other, 0.3), "the set was not re-sent");
+	end);
+
+	it("times a request out with remote-server-timeout", function ()
+		local svc = implementing(server, "short", { "slow" });
+		local alice = login(server, "alice");
+		finally(function () close_all({ svc[1], alice }); end);
+		alice:send(request("short.localhost", "get", "t1"));
+		local req = assert(svc[1]:await(is_request));
+		local reply = assert(alice:await_iq(nil, 6));
+		assert.equal("error", reply.attr.type);
+		assert.equal("t1", reply.attr.id);
+		assert.equal("wait/remote-server-timeout", condition(reply));
+		-- a reply after the timeout is unsolicited
+		answer(svc[1], req);
+		assert.same({}, delivered(alice, 0.5));
+	end);
+
+end);
+
+describe("mod_client_proxy start-up order #integration", function ()
+	it("routes once the target's host activates after the component, and its account logs in late", function ()
+		local server = prosody.start({
+			plugin_paths = { prosody.root .. "/lua", prosody.root .. "/spec/fixtures" };
+			global = 'modules_enabled = { "roster", "saslauth", "disco", "ping", "spec_late_host" }\n'
+				.. 'spec_late_host = "late.localhost"\nspec_late_host_delay = 1';
+			hosts = 'VirtualHost "localhost"\n\nVirtualHost "late.localhost"\n\tenabled = false\n\n'
+				.. 'Component "jat.localhost" "client_proxy"\n\ttarget_address = "svc@late.localhost"\n';
+			accounts = { { "alice", "localhost", "alice" } };
+		});
+		finally(function () server:stop(); end);
+		assert.truthy(server:wait_log("Activated late%.localhost late", 10), server:log_tail(30));
+		local alice = login(server, "alice");
+		finally(function () alice:close(); end);
+		local early = assert(alice:request(request("jat.localhost")));
+		assert.equal("cancel/service-unavailable", condition(early));
+
+		socket.sleep(0.5);
+		local svc = login(server, "svc", "late", { domain = "late.localhost" });
+		finally(function () svc:close(); end);
+		approve(svc, "jat.localhost");
+		local served;
+		for _ = 1, 50 do
+			alice:send(request("jat.localhost"));
+			local req = svc:await(is_request, 0.2);
+			if req then
+				answer(svc, req);
+				served = alice:await_iq("result");
+				break;
+			end
+			delivered(alice, 0.1);
+		end
+		assert.truthy(served, server:log_tail(30));
+	end);
+end);
