@@ -8,6 +8,9 @@ local hosts = [[
 VirtualHost "localhost"
 
 Component "proxy.localhost" "proxy65"
+
+Component "jat.localhost" "client_proxy"
+	target_address = "svc@localhost"
 ]];
 
 local function disco_info(client, to)
@@ -34,6 +37,11 @@ local function check_components(server)
 	assert.equal("proxy", identity.attr.category);
 	assert.equal("bytestreams", identity.attr.type);
 	assert.is_true(has_feature(info, "http://jabber.org/protocol/bytestreams"));
+	-- client_proxy is up: with no implementing client online, it says so
+	local reply = assert(client:request(xmpp.iq({ type = "get", to = "jat.localhost" })
+		:tag("query", { xmlns = "http://jabber.org/protocol/disco#info" })));
+	assert.equal("error", reply.attr.type);
+	assert.truthy(reply:get_child("error"):get_child("service-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas"));
 	client:close();
 	local log = server:log();
 	assert.is_nil(log:match("Unable to load module[^\n]*"));
@@ -70,7 +78,7 @@ describe("prosody-cproxy modules #integration", function ()
 			"the C extension did not come from the installed tree");
 	end);
 
-	for _, name in ipairs({ "proxy65" }) do
+	for _, name in ipairs({ "proxy65", "client_proxy" }) do
 		it("refuse to load " .. name .. " on a VirtualHost, with a clear error", function ()
 			local server = prosody.start({
 				hosts = ('VirtualHost "localhost"\n\tmodules_enabled = { "%s" }\n\ttarget_address = "svc@localhost"\n'):format(name);
@@ -82,4 +90,19 @@ describe("prosody-cproxy modules #integration", function ()
 			assert.truthy(line:find("Component", 1, true), line);
 		end);
 	end
+end);
+
+describe("mod_client_proxy configuration #integration", function ()
+	it("refuses to load without a bare target_address, with a clear error", function ()
+		for _, target in ipairs({ "", 'target_address = "svc@localhost/res"' }) do
+			local server = prosody.start({
+				hosts = 'VirtualHost "localhost"\n\nComponent "jat.localhost" "client_proxy"\n\t' .. target .. "\n";
+				accounts = { { "alice", "localhost", "pw" } };
+			});
+			finally(function () server:stop(); end);
+			local line = server:wait_log("Error initializing module 'client_proxy'[^\n]*", 5);
+			assert.truthy(line and line:find("target_address", 1, true), line);
+			server:stop();
+		end
+	end);
 end);
