@@ -161,7 +161,7 @@ local function delivered(client, timeout)
 end
 
 local function close_all(list)
-	for _, client in ipairs(list) do
+	for _, client in pairs(list) do
 		client:close();
 	end
 end
@@ -516,16 +516,19 @@ describe("mod_client_proxy start-up order #integration", function ()
 				.. 'Component "jat.localhost" "client_proxy"\n\ttarget_address = "svc@late.localhost"\n';
 			accounts = { { "alice", "localhost", "alice" } };
 		});
-		finally(function () server:stop(); end);
+		-- busted keeps one finally per test: it closes everything this test opens.
+		local alice, svc;
+		finally(function ()
+			close_all({ alice, svc });
+			server:stop();
+		end);
 		assert.truthy(server:wait_log("Activated late%.localhost late", 10), server:log_tail(30));
-		local alice = login(server, "alice");
-		finally(function () alice:close(); end);
+		alice = login(server, "alice");
 		local early = assert(alice:request(request("jat.localhost")));
 		assert.equal("cancel/service-unavailable", condition(early));
 
 		socket.sleep(0.5);
-		local svc = login(server, "svc", "late", { domain = "late.localhost" });
-		finally(function () svc:close(); end);
+		svc = login(server, "svc", "late", { domain = "late.localhost" });
 		approve(svc, "jat.localhost");
 		local served;
 		for _ = 1, 50 do
