@@ -18,6 +18,7 @@ module:log("debug", "Using the C extension %s", cproxy.core_path);
 local st = require "util.stanza";
 local jid_split, jid_bare, jid_prep = require "util.jid".split, require "util.jid".bare, require "util.jid".prep;
 local set = require "util.set";
+local time_now = require "util.time".now;
 
 local host = module.host;
 
@@ -78,14 +79,20 @@ local started = {}; -- fresh id -> record
 local by_resource = {}; -- resource -> { [record] = true }
 local next_id = 0;
 
--- Records in order of deadline (the timeout is the same for all), so
--- expiring is popping from the front: O(1) per request.
-local queue, queue_head, queue_tail = {}, 1, 0;
+-- Requests in flight by the second their time runs out. A request leaves
+-- its bucket as soon as it ends, so only requests in flight are held, and
+-- a sweep once a second expires the buckets that are due.
+local deadlines = {}; -- second -> { [record] = true }
 local sweep_timer;
 
-local function update_gauge(resource, delta)
-	pending_gauge:with_labels(resource):set(pool:add_pending(resource, delta));
-end
+-- The pending gauge of each resource, looked up once.
+local gauges = setmetatable({}, { __index = function (t, resource)
+	local gauge = pending_gauge:with_labels(resource);
+	t[resource] = gauge;
+	return gauge;
+end });
+
+local expire;
 
 local function track(record)
 	local list = by_resource[record.resource];
@@ -94,7 +101,16 @@ local function track(record)
 		by_resource[record.resource] = list;
 	end
 	list[record] = true;
-	update_gauge(record.resource, 1);
+	gauges[record.resource]:set(pool:add_pending(record.resource, 1));
+	local bucket = deadlines[record.deadline];
+	if not bucket then
+		bucket = {};
+		deadlines[record.deadline] = bucket;
+	end
+	bucket[record] = true;
+	if not sweep_timer then
+		sweep_timer = module:add_timer(1, expire);
+	end
 end
 
 local function untrack(record)
@@ -105,11 +121,14 @@ local function untrack(record)
 			by_resource[record.resource] = nil;
 		end
 	end
-	update_gauge(record.resource, -1);
+	gauges[record.resource]:set(math.max(0, pool:add_pending(record.resource, -1)));
+	local bucket = deadlines[record.deadline];
+	if bucket then
+		bucket[record] = nil;
+	end
 end
 
 local function finish(record)
-	record.done = true;
 	if record.key then
 		pending[record.key] = nil;
 	else
@@ -125,34 +144,30 @@ local function send_error(record, type_, condition, text)
 	module:send(st.error_reply(request, type_, condition, text));
 end
 
-local function expire()
-	sweep_timer = nil;
-	local now = os.time();
-	while queue_head <= queue_tail do
-		local record = queue[queue_head];
-		if not record.done then
-			if record.deadline > now then
-				sweep_timer = module:add_timer(record.deadline - now, expire);
-				return;
+function expire()
+	local now = time_now();
+	for second, bucket in pairs(deadlines) do
+		if second <= now then
+			deadlines[second] = nil; -- allowed while iterating: the field exists
+			for record in pairs(bucket) do
+				finish(record);
+				measure_timeouts(1);
+				module:log("debug", "No reply from %s/%s to %s's %s in %gs", target, record.resource,
+					record.sender, record.id, request_timeout);
+				send_error(record, "wait", "remote-server-timeout", "The implementing client did not reply in time");
 			end
-			finish(record);
-			measure_timeouts(1);
-			module:log("debug", "No reply from %s/%s to %s's %s in %ds", target, record.resource,
-				record.sender, record.id, request_timeout);
-			send_error(record, "wait", "remote-server-timeout", "The implementing client did not reply in time");
 		end
-		queue[queue_head] = nil;
-		queue_head = queue_head + 1;
 	end
+	if next(deadlines) == nil then
+		sweep_timer = nil;
+		return;
+	end
+	return 1;
 end
 
-local function enqueue(record)
-	record.deadline = os.time() + request_timeout;
-	queue_tail = queue_tail + 1;
-	queue[queue_tail] = record;
-	if not sweep_timer then
-		sweep_timer = module:add_timer(request_timeout, expire);
-	end
+-- The second after which a request made now times out.
+local function deadline()
+	return math.ceil(time_now() + request_timeout);
 end
 
 -- Sends a user's request to `resource`. Returns false when the same request
@@ -186,6 +201,7 @@ local function route_request(stanza)
 	end
 	local record = {
 		sender = sender, via = stanza.attr.to, id = stanza.attr.id, type = stanza.attr.type, tag = tag,
+		deadline = deadline(),
 		-- A get may be re-sent to another resource if this one goes away.
 		stanza = stanza.attr.type == "get" and stanza or nil,
 	};
@@ -194,7 +210,6 @@ local function route_request(stanza)
 		module:send(st.error_reply(stanza, "modify", "bad-request", "A request with this id is already pending"));
 		return true;
 	end
-	enqueue(record);
 	measure_routed(1);
 	return true;
 end
@@ -203,14 +218,12 @@ end
 -- taken effect, so it is never repeated.
 local function reroute(record, gone)
 	finish(record);
-	record.done = nil;
 	local other = record.stanza and pool:choose(record.sender);
 	if other and dispatch(record, st.clone(record.stanza), other) then
 		measure_failovers(1);
 		module:log("debug", "Re-sent %s's %s from %s to %s", record.sender, record.id, gone, other);
 		return;
 	end
-	record.done = true;
 	module:log("debug", "%s went away with %s's %s %s", gone, record.sender, record.type, record.id);
 	send_error(record, "cancel", "recipient-unavailable", "The implementing client went away");
 end
@@ -331,11 +344,10 @@ local function on_target_request(stanza, resource, tag)
 	local fresh_id = ("jat%x"):format(next_id);
 	local record = {
 		fresh_id = fresh_id, resource = resource, id = stanza.attr.id, type = stanza.attr.type,
-		sender = stanza.attr.from, via = stanza.attr.to, peer = peer,
+		sender = stanza.attr.from, via = stanza.attr.to, peer = peer, deadline = deadline(),
 	};
 	started[fresh_id] = record;
 	track(record);
-	enqueue(record);
 	measure_routed(1);
 	stanza.attr.from, stanza.attr.to, stanza.attr.id = host, peer, fresh_id;
 	module:send(stanza);
