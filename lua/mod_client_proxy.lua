@@ -70,19 +70,14 @@ local pending_gauge = module:metric("gauge", "pending", "", "IQ requests awaitin
 
 local pool = assert(resources.new(policy, preferred));
 
--- Requests in flight. A request from a user is keyed by the resource it went
--- to, the tag it came from and its id: exactly what a genuine reply carries.
--- A request from the implementing client gets a fresh id (two resources may
--- use the same one), keyed in `started`.
+-- Requests in flight, and nothing else: the GC walks every live table on
+-- each cycle, so no index here outlives the requests it holds. A request
+-- from a user is keyed by the resource it went to, the tag it came from and
+-- its id: exactly what a genuine reply carries. A request from the
+-- implementing client gets a fresh id (two resources may use the same one).
 local pending = {}; -- "resource\0tag\0id" -> record
 local started = {}; -- fresh id -> record
-local by_resource = {}; -- resource -> { [record] = true }
 local next_id = 0;
-
--- Requests in flight by the second their time runs out. A request leaves
--- its bucket as soon as it ends, so only requests in flight are held, and
--- a sweep once a second expires the buckets that are due.
-local deadlines = {}; -- second -> { [record] = true }
 local sweep_timer;
 
 -- The pending gauge of each resource, looked up once.
@@ -92,77 +87,65 @@ local gauges = setmetatable({}, { __index = function (t, resource)
 	return gauge;
 end });
 
-local expire;
-
-local function track(record)
-	local list = by_resource[record.resource];
-	if not list then
-		list = {};
-		by_resource[record.resource] = list;
-	end
-	list[record] = true;
-	gauges[record.resource]:set(pool:add_pending(record.resource, 1));
-	local bucket = deadlines[record.deadline];
-	if not bucket then
-		bucket = {};
-		deadlines[record.deadline] = bucket;
-	end
-	bucket[record] = true;
-	if not sweep_timer then
-		sweep_timer = module:add_timer(1, expire);
-	end
-end
-
-local function untrack(record)
-	local list = by_resource[record.resource];
-	if list then
-		list[record] = nil;
-		if next(list) == nil then
-			by_resource[record.resource] = nil;
-		end
-	end
-	gauges[record.resource]:set(math.max(0, pool:add_pending(record.resource, -1)));
-	local bucket = deadlines[record.deadline];
-	if bucket then
-		bucket[record] = nil;
-	end
-end
-
-local function finish(record)
-	if record.key then
-		pending[record.key] = nil;
-	else
-		started[record.fresh_id] = nil;
-	end
-	untrack(record);
+local function count_pending(resource, delta)
+	gauges[resource]:set(math.max(0, pool:add_pending(resource, delta)));
 end
 
 -- An error to whoever sent the request of `record`, as if from the address
 -- the request was sent to.
 local function send_error(record, type_, condition, text)
-	local request = st.iq({ type = record.type, id = record.id, from = record.sender, to = record.via });
+	local request = st.iq({ type = record.stanza and "get" or "set", id = record.id, from = record.sender, to = record.via });
 	module:send(st.error_reply(request, type_, condition, text));
 end
 
-function expire()
-	local now = time_now();
-	for second, bucket in pairs(deadlines) do
-		if second <= now then
-			deadlines[second] = nil; -- allowed while iterating: the field exists
-			for record in pairs(bucket) do
-				finish(record);
-				measure_timeouts(1);
-				module:log("debug", "No reply from %s/%s to %s's %s in %gs", target, record.resource,
-					record.sender, record.id, request_timeout);
-				send_error(record, "wait", "remote-server-timeout", "The implementing client did not reply in time");
-			end
+-- Records of `list` for which `select(record)` holds, taken out first so
+-- that handling them may add to the tables.
+local function collect(list, select, arg)
+	local found = {};
+	for _, record in pairs(list) do
+		if select(record, arg) then
+			found[#found + 1] = record;
 		end
 	end
-	if next(deadlines) == nil then
+	return found;
+end
+
+local function is_due(record, now)
+	return record.deadline <= now;
+end
+
+local function finish(record)
+	if record.key then
+		pending[record.key] = nil;
+		count_pending(record.resource, -1);
+	else
+		started[record.fresh_id] = nil;
+	end
+end
+
+-- Once a second while anything is in flight: O(requests in flight).
+local function expire()
+	local now = time_now();
+	for _, list in ipairs({ pending, started }) do
+		for _, record in ipairs(collect(list, is_due, now)) do
+			finish(record);
+			measure_timeouts(1);
+			module:log("debug", "No reply from %s/%s to %s's %s in %gs", target, record.resource,
+				record.sender, record.id, request_timeout);
+			send_error(record, "wait", "remote-server-timeout", "The implementing client did not reply in time");
+		end
+	end
+	if next(pending) == nil and next(started) == nil then
 		sweep_timer = nil;
 		return;
 	end
 	return 1;
+end
+
+local function arm_timer()
+	if not sweep_timer then
+		sweep_timer = module:add_timer(1, expire);
+	end
 end
 
 -- The second after which a request made now times out.
@@ -179,7 +162,8 @@ local function dispatch(record, stanza, resource)
 	end
 	record.resource, record.key = resource, k;
 	pending[k] = record;
-	track(record);
+	count_pending(resource, 1);
+	arm_timer();
 	stanza.attr.from = host .. "/" .. record.tag;
 	stanza.attr.to = target .. "/" .. resource;
 	module:send(stanza);
@@ -200,8 +184,7 @@ local function route_request(stanza)
 		return true;
 	end
 	local record = {
-		sender = sender, via = stanza.attr.to, id = stanza.attr.id, type = stanza.attr.type, tag = tag,
-		deadline = deadline(),
+		sender = sender, via = stanza.attr.to, id = stanza.attr.id, tag = tag, deadline = deadline(),
 		-- A get may be re-sent to another resource if this one goes away.
 		stanza = stanza.attr.type == "get" and stanza or nil,
 	};
@@ -224,20 +207,22 @@ local function reroute(record, gone)
 		module:log("debug", "Re-sent %s's %s from %s to %s", record.sender, record.id, gone, other);
 		return;
 	end
-	module:log("debug", "%s went away with %s's %s %s", gone, record.sender, record.type, record.id);
+	module:log("debug", "%s went away with %s's %s %s", gone, record.sender, record.stanza and "get" or "set", record.id);
 	send_error(record, "cancel", "recipient-unavailable", "The implementing client went away");
 end
 
--- Moves or fails the requests of a resource that went away.
+local function sent_to(record, resource)
+	return record.resource == resource;
+end
+
+-- Moves or fails the requests sent to a resource that went away, and
+-- forgets those it started: their replies have nowhere to go.
 local function fail_over(resource)
-	local list = by_resource[resource];
-	if not list then
-		return;
+	for _, record in ipairs(collect(pending, sent_to, resource)) do
+		reroute(record, resource);
 	end
-	for record in pairs(list) do
-		if record.key then
-			reroute(record, resource);
-		end
+	for _, record in ipairs(collect(started, sent_to, resource)) do
+		finish(record);
 	end
 end
 
@@ -343,11 +328,10 @@ local function on_target_request(stanza, resource, tag)
 	next_id = next_id + 1;
 	local fresh_id = ("jat%x"):format(next_id);
 	local record = {
-		fresh_id = fresh_id, resource = resource, id = stanza.attr.id, type = stanza.attr.type,
-		sender = stanza.attr.from, via = stanza.attr.to, peer = peer, deadline = deadline(),
+		fresh_id = fresh_id, resource = resource, id = stanza.attr.id, sender = stanza.attr.from, via = stanza.attr.to, peer = peer, deadline = deadline(),
 	};
 	started[fresh_id] = record;
-	track(record);
+	arm_timer();
 	measure_routed(1);
 	stanza.attr.from, stanza.attr.to, stanza.attr.id = host, peer, fresh_id;
 	module:send(stanza);
@@ -447,10 +431,17 @@ end
 
 function module.unload()
 	-- Nobody will answer these any more; tell their senders now.
-	for _, record in pairs(pending) do
-		send_error(record, "wait", "service-unavailable", "The service is restarting");
+	local records = {};
+	for _, list in ipairs({ pending, started }) do
+		for _, record in pairs(list) do
+			records[#records + 1] = record;
+		end
 	end
-	for _, record in pairs(started) do
+	pending, started = {}, {};
+	for resource in pairs(gauges) do
+		gauges[resource]:set(0); -- the metric family outlives this module instance
+	end
+	for _, record in ipairs(records) do
 		send_error(record, "wait", "service-unavailable", "The service is restarting");
 	end
 end
