@@ -174,6 +174,30 @@ describe("cproxy.core.jat", function ()
 			assert.equal(tag, key:encode(long), "encoding again gives the same tag");
 			assert.equal(long, key:decode(tag));
 		end);
+
+		it("keep at most two generations of long JIDs, however often old ones are decoded", function ()
+			local k = assert(core.jat("s", COMPONENT));
+			local tags = {};
+			-- Decoding every earlier tag after each batch keeps moving old
+			-- entries forward; the total must still stay bounded.
+			for batch = 1, 5 do
+				for i = 1, 2048 do
+					tags[#tags + 1] = k:encode(("q"):rep(800) .. batch .. "-" .. i);
+				end
+				for _, t in ipairs(tags) do
+					k:decode(t);
+				end
+			end
+			local remembered = 0;
+			for _, t in ipairs(tags) do
+				if k:decode(t) then
+					remembered = remembered + 1;
+				end
+			end
+			assert.truthy(remembered > 0);
+			assert.truthy(remembered <= 2 * 4096, remembered .. " long JIDs remembered");
+			k:close();
+		end);
 	end);
 
 	describe(":close", function ()

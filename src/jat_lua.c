@@ -63,6 +63,24 @@ l_new(lua_State *L)
 	return 1;
 }
 
+/* Remembers ref -> jid (both on the stack top: ref, jid), pops both. */
+static void
+long_store(lua_State *L, struct jat_box *box, int box_index)
+{
+	if (box->long_count >= LONG_JIDS_PER_GENERATION) {
+		lua_getiuservalue(L, box_index, LONG_CURRENT);
+		lua_setiuservalue(L, box_index, LONG_PREVIOUS);
+		lua_newtable(L);
+		lua_setiuservalue(L, box_index, LONG_CURRENT);
+		box->long_count = 0;
+	}
+	lua_getiuservalue(L, box_index, LONG_CURRENT);
+	lua_insert(L, -3);
+	lua_rawset(L, -3);
+	lua_pop(L, 1);
+	box->long_count++;
+}
+
 /*
  * Looks the reference at the top of the stack up in both generations,
  * moving a hit from the previous one into the current one. Replaces the
@@ -86,35 +104,23 @@ long_lookup(lua_State *L, struct jat_box *box, int box_index)
 		lua_pop(L, 1);
 		return;
 	}
-	/* stack: ref, previous, jid */
+	/* stack: ref, previous, jid. Storing it again counts against the
+	 * current generation, so the two together never hold more than twice
+	 * LONG_JIDS_PER_GENERATION. */
 	lua_replace(L, -2);
 	lua_pushvalue(L, -2);
 	lua_pushvalue(L, -2);
-	/* stack: ref, jid, ref, jid */
-	lua_getiuservalue(L, box_index, LONG_CURRENT);
-	lua_insert(L, -3);
-	lua_rawset(L, -3);
-	lua_pop(L, 1);
-	box->long_count++;
+	long_store(L, box, box_index);
 	lua_replace(L, -2);
 }
 
-/* Remembers ref -> jid (both on the stack top: ref, jid), pops both. */
-static void
-long_store(lua_State *L, struct jat_box *box, int box_index)
+/* A libcrypto failure is a runtime error, not the caller's: nil, message. */
+static int
+crypto_failure(lua_State *L)
 {
-	if (box->long_count >= LONG_JIDS_PER_GENERATION) {
-		lua_getiuservalue(L, box_index, LONG_CURRENT);
-		lua_setiuservalue(L, box_index, LONG_PREVIOUS);
-		lua_newtable(L);
-		lua_setiuservalue(L, box_index, LONG_CURRENT);
-		box->long_count = 0;
-	}
-	lua_getiuservalue(L, box_index, LONG_CURRENT);
-	lua_insert(L, -3);
-	lua_rawset(L, -3);
-	lua_pop(L, 1);
-	box->long_count++;
+	lua_pushnil(L);
+	lua_pushliteral(L, "HMAC-SHA-256 failed (libcrypto)");
+	return 2;
 }
 
 /* (jat, jid) -> tag | nil, "invalid" */
@@ -142,7 +148,7 @@ l_encode(lua_State *L)
 		buf[0] = '\0';
 		memcpy(buf + 1, jid, len);
 		if (jat_mac(&box->jat, buf, len + 1, digest) != 0) {
-			return luaL_error(L, "HMAC-SHA-256 failed (libcrypto)");
+			return crypto_failure(L);
 		}
 		reference[0] = '\0';
 		memcpy(reference + 1, digest, REFERENCE_LEN - 1);
@@ -159,7 +165,7 @@ l_encode(lua_State *L)
 		tag_len = jat_encode(&box->jat, reference, REFERENCE_LEN, tag);
 	}
 	if (tag_len == 0) {
-		return luaL_error(L, "HMAC-SHA-256 failed (libcrypto)");
+		return crypto_failure(L);
 	}
 	lua_pushlstring(L, tag, tag_len);
 	return 1;
