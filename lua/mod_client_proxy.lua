@@ -27,13 +27,15 @@ if module:get_host_type() ~= "component" then
 		.. " (Component \"proxy." .. host .. "\" \"client_proxy\")", 0);
 end
 
+-- An account's bare JID: a domain or a full JID would never match the
+-- stanzas the implementing client sends.
 local target = module:get_option_string("target_address");
-if not target or not jid_prep(target) or jid_prep(target) ~= jid_bare(jid_prep(target)) then
-	error("client_proxy: target_address must be set to the bare JID of the implementing client, got "
-		.. tostring(target), 0);
+local target_node, target_host, target_resource = jid_split(target and jid_prep(target));
+if not target_node or target_resource then
+	error("client_proxy: target_address must be set to the bare JID of the implementing client"
+		.. " (user@host), got " .. tostring(target), 0);
 end
-target = jid_prep(target);
-local _, target_host = jid_split(target);
+target = target_node .. "@" .. target_host;
 
 local function clamp(value, min, max)
 	return math.max(min, math.min(max, value));

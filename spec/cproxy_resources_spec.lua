@@ -30,8 +30,8 @@ local function assert_only(seen, allowed)
 	end
 end
 
-describe("cproxy.resources", function()
-	it("lists its policies and refuses unknown ones", function()
+describe("cproxy.resources", function ()
+	it("lists its policies and refuses unknown ones", function ()
 		assert.same({ "random", "round_robin", "least_pending", "sticky" }, resources.policies);
 		assert.same({ nil, "unknown policy" }, { resources.new("fastest") });
 		for _, policy in ipairs(resources.policies) do
@@ -40,7 +40,7 @@ describe("cproxy.resources", function()
 		assert.truthy(resources.new()); -- random by default
 	end);
 
-	it("keeps track of available resources", function()
+	it("keeps track of available resources", function ()
 		local pool = pool_of("random", {});
 		assert.is_nil(pool:choose("s@example"));
 		assert.equal(0, pool:count());
@@ -61,7 +61,7 @@ describe("cproxy.resources", function()
 		assert.is_nil(pool:choose("s@example"));
 	end);
 
-	it("routes only to the highest priority", function()
+	it("routes only to the highest priority", function ()
 		local pool = pool_of("round_robin", {});
 		pool:set("low", 1);
 		pool:set("high1", 5);
@@ -76,8 +76,8 @@ describe("cproxy.resources", function()
 		assert.same({ low = 10 }, seen);
 	end);
 
-	describe("round_robin", function()
-		it("alternates strictly in arrival order", function()
+	describe("round_robin", function ()
+		it("alternates strictly in arrival order", function ()
 			local picks = pick(pool_of("round_robin", { "a", "b" }), 30);
 			for i = 1, 30 do
 				assert.equal(i % 2 == 1 and "a" or "b", picks[i]);
@@ -89,7 +89,7 @@ describe("cproxy.resources", function()
 			end
 		end);
 
-		it("never sees a gap after removals", function()
+		it("never sees a gap after removals", function ()
 			local pool = pool_of("round_robin", { "a", "b", "c", "d", "e" });
 			pick(pool, 7);
 			pool:remove("b");
@@ -110,7 +110,7 @@ describe("cproxy.resources", function()
 		end);
 	end);
 
-	it("random picks every candidate and nothing else", function()
+	it("random picks every candidate and nothing else", function ()
 		local pool = pool_of("random", {});
 		pool:set("a", 3);
 		pool:set("b", 3);
@@ -122,7 +122,7 @@ describe("cproxy.resources", function()
 		assert.truthy(seen.a and seen.b and seen.c);
 	end);
 
-	it("least_pending picks the least busy resource", function()
+	it("least_pending picks the least busy resource", function ()
 		local pool = pool_of("least_pending", { "a", "b", "c" });
 		assert.equal(2, pool:add_pending("a", 2));
 		assert.equal(1, pool:add_pending("b", 1));
@@ -144,8 +144,8 @@ describe("cproxy.resources", function()
 		assert.same({ a = 10, b = 10, c = 10 }, seen);
 	end);
 
-	describe("sticky", function()
-		it("keeps a sender on one resource and spreads senders", function()
+	describe("sticky", function ()
+		it("keeps a sender on one resource and spreads senders", function ()
 			local pool = pool_of("sticky", { "a", "b", "c" });
 			local _, seen = pick(pool, 100, "alice@example/1");
 			local first = next(seen);
@@ -158,7 +158,7 @@ describe("cproxy.resources", function()
 			assert.same({ a = true, b = true }, used);
 		end);
 
-		it("moves a sender whose resource went away, then stays", function()
+		it("moves a sender whose resource went away, then stays", function ()
 			local pool = pool_of("sticky", { "a", "b", "c" });
 			local old = pool:choose("alice@example");
 			pool:remove(old);
@@ -169,9 +169,28 @@ describe("cproxy.resources", function()
 			local _, seen = pick(pool, 100, "alice@example");
 			assert.same({ [new] = 100 }, seen);
 		end);
+
+		it("moves a sender off a resource lowered out of the highest priority", function ()
+			local pool = pool_of("sticky", { "a", "b", "c" });
+			local old = pool:choose("alice@example");
+			pool:set(old, -1);
+			local _, seen = pick(pool, 50, "alice@example");
+			local new = next(seen);
+			assert.are_not.equal(old, new);
+			assert.same({ [new] = 50 }, seen);
+		end);
+
+		it("keeps a sender that came while one resource was up on it when more arrive", function ()
+			local pool = pool_of("sticky", { "a" });
+			assert.equal("a", pool:choose("alice@example"));
+			pool:set("b", 0);
+			pool:set("c", 0);
+			local _, seen = pick(pool, 50, "alice@example");
+			assert.same({ a = 50 }, seen);
+		end);
 	end);
 
-	it("prefers the first available preferred resource", function()
+	it("prefers the first available preferred resource", function ()
 		local pool = pool_of("random", { "a", "b", "c" }, { "b", "a" });
 		local _, seen = pick(pool, 50);
 		assert.same({ b = 50 }, seen);

@@ -94,7 +94,7 @@ end);
 
 describe("mod_client_proxy configuration #integration", function ()
 	it("refuses to load without a bare target_address, with a clear error", function ()
-		for _, target in ipairs({ "", 'target_address = "svc@localhost/res"' }) do
+		for _, target in ipairs({ "", 'target_address = "svc@localhost/res"', 'target_address = "localhost"' }) do
 			local server = prosody.start({
 				hosts = 'VirtualHost "localhost"\n\nComponent "jat.localhost" "client_proxy"\n\t' .. target .. "\n";
 				accounts = { { "alice", "localhost", "pw" } };

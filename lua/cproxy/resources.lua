@@ -43,9 +43,14 @@ function policies.least_pending(pool, candidates)
 	return best;
 end
 
+-- A sender stays on its resource while that resource is a candidate: one
+-- lowered out of the highest priority is drained like any other.
 function policies.sticky(pool, candidates, sender)
+	if sender == nil then
+		return candidates[random(#candidates)];
+	end
 	local resource = pool.sticky[sender];
-	if resource and pool.priority[resource] then
+	if resource and pool.candidate[resource] then
 		return resource;
 	end
 	resource = candidates[random(#candidates)];
@@ -69,13 +74,14 @@ local function rebuild(pool)
 			best = p;
 		end
 	end
-	local candidates = {};
+	local candidates, candidate = {}, {};
 	for _, resource in ipairs(pool.order) do
 		if pool.priority[resource] == best then
 			candidates[#candidates + 1] = resource;
+			candidate[resource] = true;
 		end
 	end
-	pool.candidates = candidates;
+	pool.candidates, pool.candidate = candidates, candidate;
 end
 
 -- Adds or updates an available resource.
@@ -106,7 +112,7 @@ end
 -- Removes every resource; returns the list of those that were available.
 function pool_mt:clear()
 	local gone = self.order;
-	self.order, self.priority, self.candidates = {}, {}, {};
+	self.order, self.priority, self.candidates, self.candidate = {}, {}, {}, {};
 	return gone;
 end
 
@@ -129,7 +135,7 @@ function pool_mt:choose(sender)
 			return resource;
 		end
 	end
-	if #candidates == 1 then
+	if #candidates == 1 and self.pick ~= policies.sticky then
 		return candidates[1];
 	end
 	return self.pick(self, candidates, sender);
@@ -152,7 +158,8 @@ local function new(policy, preferred)
 		preferred = preferred or {};
 		order = {}; -- available resources, oldest first
 		priority = {}; -- resource -> priority
-		candidates = {};
+		candidates = {}; -- the resources routing picks from, in order
+		candidate = {}; -- the same, as a set
 		pending = {}; -- resource -> requests in flight
 		sticky = {}; sticky_count = 0;
 		turn = 0;
