@@ -510,8 +510,8 @@ describe("mod_client_proxy start-up order #integration", function ()
 	it("routes once the target's host activates after the component, and its account logs in late", function ()
 		local server = prosody.start({
 			plugin_paths = { prosody.root .. "/lua", prosody.root .. "/spec/fixtures" };
-			global = 'modules_enabled = { "roster", "saslauth", "disco", "ping", "spec_late_host" }\n'
-				.. 'spec_late_host = "late.localhost"\nspec_late_host_delay = 1';
+			global = 'modules_enabled = { "roster", "saslauth", "disco", "ping", "late_host" }\n'
+				.. 'late_host = "late.localhost"\nlate_host_delay = 1';
 			hosts = 'VirtualHost "localhost"\n\nVirtualHost "late.localhost"\n\tenabled = false\n\n'
 				.. 'Component "jat.localhost" "client_proxy"\n\ttarget_address = "svc@late.localhost"\n';
 			accounts = { { "alice", "localhost", "alice" } };
