@@ -19,6 +19,7 @@ local st = require "util.stanza";
 local jid_split, jid_bare, jid_prep = require "util.jid".split, require "util.jid".bare, require "util.jid".prep;
 local set = require "util.set";
 local time_now = require "util.time".now;
+local find, sub = string.find, string.sub;
 
 local host = module.host;
 
@@ -357,15 +358,26 @@ local function is_request(stanza)
 	return stanza.name == "iq" and (stanza.attr.type == "get" or stanza.attr.type == "set");
 end
 
+-- Plain prefix tests: this runs for every stanza, and a JID split per
+-- address would allocate its parts each time.
+local host_prefix, target_prefix = host .. "/", target .. "/";
+
+-- The resource part of `address` if it starts with `prefix`.
+local function resource_after(address, prefix)
+	if address and find(address, prefix, 1, true) == 1 and #address > #prefix then
+		return sub(address, #prefix + 1);
+	end
+end
+
 local function on_stanza(event)
 	local stanza = event.stanza;
-	local from = stanza.attr.from;
-	local _, to_host, to_resource = jid_split(stanza.attr.to);
-	if to_host ~= host then
+	local from, to = stanza.attr.from, stanza.attr.to;
+	local to_resource = resource_after(to, host_prefix);
+	if not to_resource and to ~= host then
 		return; -- not ours (cannot happen for a component, but cheap to check)
 	end
-	local from_node, from_host, from_resource = jid_split(from);
-	if from_resource and from_node and (from_node .. "@" .. from_host) == target then
+	local from_resource = resource_after(from, target_prefix);
+	if from_resource then
 		if stanza.name == "presence" then
 			return on_target_presence(stanza);
 		end
