@@ -318,7 +318,7 @@ local function on_target_request(stanza, resource, tag)
 	if not peer then
 		if stanza.attr.type ~= "error" and stanza.attr.type ~= "result" then
 			module:send(st.error_reply(stanza, "cancel", "item-not-found",
-				err == "expired" and "This address has expired" or "Not an address of this component"));
+				err == "unknown" and "No one with this address has contacted this component lately" or "Not an address of this component"));
 		end
 		return drop(stanza, "the tag is " .. err);
 	end

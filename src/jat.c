@@ -1,8 +1,8 @@
 /*
- * JAT tags: base64url(HMAC-SHA-256(key, payload)[0..12) || payload).
- * Decoding is strict (canonical base64url only) so that no two strings
- * decode to the same tag: every altered byte is rejected, not tolerated.
- * The MAC is libcrypto's; the comparison is constant-time.
+ * JAT references and tags: HMAC-SHA-256 of the JID truncated to 96 bits,
+ * written in base64url. The MAC is libcrypto's. A tag's 16 characters carry
+ * exactly 96 bits, so parsing needs no padding rules: any other length or
+ * any byte outside the alphabet is refused.
  * SPDX-License-Identifier: MIT
  */
 #include <string.h>
@@ -19,7 +19,7 @@ static const char b64url[] =
 	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /* The label keeps these keys apart from any other use of the same secret. */
-static const char derive_label[] = "prosody-cproxy jat v1";
+static const char derive_label[] = "prosody-cproxy jat v2";
 
 static EVP_MAC_CTX *
 hmac_new(const uint8_t *key, size_t key_len)
@@ -109,31 +109,31 @@ jat_mac(struct jat *j, const uint8_t *data, size_t len, uint8_t out[32])
 	return hmac_run(j->mac, data, len, NULL, 0, out);
 }
 
-/* Unpadded base64url of in[0..len) into out; returns the length written. */
-static size_t
-b64url_encode(const uint8_t *in, size_t len, char *out)
+int
+jat_ref(struct jat *j, const uint8_t *jid, size_t len, uint8_t ref[JAT_REF_LEN])
 {
-	size_t i = 0, o = 0;
+	uint8_t mac[32];
 
-	for (; i + 3 <= len; i += 3) {
-		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-
-		out[o++] = b64url[v >> 18];
-		out[o++] = b64url[(v >> 12) & 63];
-		out[o++] = b64url[(v >> 6) & 63];
-		out[o++] = b64url[v & 63];
+	if (jat_mac(j, jid, len, mac) != 0) {
+		return -1;
 	}
-	if (len - i == 1) {
-		out[o++] = b64url[in[i] >> 2];
-		out[o++] = b64url[(in[i] & 3) << 4];
-	} else if (len - i == 2) {
-		uint32_t v = (uint32_t)in[i] << 8 | in[i + 1];
+	memcpy(ref, mac, JAT_REF_LEN);
+	return 0;
+}
 
-		out[o++] = b64url[v >> 10];
-		out[o++] = b64url[(v >> 4) & 63];
-		out[o++] = b64url[(v & 15) << 2];
+void
+jat_tag_of(const uint8_t ref[JAT_REF_LEN], char tag[JAT_TAG_LEN])
+{
+	size_t i, o = 0;
+
+	for (i = 0; i < JAT_REF_LEN; i += 3) {
+		uint32_t v = (uint32_t)ref[i] << 16 | (uint32_t)ref[i + 1] << 8 | ref[i + 2];
+
+		tag[o++] = b64url[v >> 18];
+		tag[o++] = b64url[(v >> 12) & 63];
+		tag[o++] = b64url[(v >> 6) & 63];
+		tag[o++] = b64url[v & 63];
 	}
-	return o;
 }
 
 static int
@@ -157,76 +157,29 @@ b64url_value(unsigned char c)
 	return -1;
 }
 
-/*
- * Strict decode: rejects any byte outside the alphabet, a length of 1 mod 4,
- * and a last character whose unused low bits are not zero (otherwise four
- * different last characters would decode to the same bytes).
- * Returns the length written to out, or -1.
- */
-static int
-b64url_decode(const char *in, size_t len, uint8_t *out)
+int
+jat_ref_of(const char *tag, size_t len, uint8_t ref[JAT_REF_LEN])
 {
-	uint32_t acc = 0;
-	int bits = 0;
 	size_t i, o = 0;
 
-	if (len % 4 == 1) {
+	if (len != JAT_TAG_LEN) {
 		return -1;
 	}
-	for (i = 0; i < len; i++) {
-		int v = b64url_value((unsigned char)in[i]);
+	for (i = 0; i < JAT_TAG_LEN; i += 4) {
+		uint32_t v = 0;
+		int k;
 
-		if (v < 0) {
-			return -1;
+		for (k = 0; k < 4; k++) {
+			int c = b64url_value((unsigned char)tag[i + k]);
+
+			if (c < 0) {
+				return -1;
+			}
+			v = v << 6 | (uint32_t)c;
 		}
-		acc = (acc << 6 | (uint32_t)v) & 0xffffff;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			out[o++] = (uint8_t)(acc >> bits);
-		}
+		ref[o++] = (uint8_t)(v >> 16);
+		ref[o++] = (uint8_t)(v >> 8);
+		ref[o++] = (uint8_t)v;
 	}
-	if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) {
-		return -1;
-	}
-	return (int)o;
-}
-
-size_t
-jat_encode(struct jat *j, const uint8_t *payload, size_t len, char *out)
-{
-	uint8_t buf[JAT_MAC_LEN + JAT_PAYLOAD_MAX];
-	uint8_t mac[32];
-
-	if (len == 0 || len > JAT_PAYLOAD_MAX || jat_mac(j, payload, len, mac) != 0) {
-		return 0;
-	}
-	memcpy(buf, mac, JAT_MAC_LEN);
-	memcpy(buf + JAT_MAC_LEN, payload, len);
-	return b64url_encode(buf, JAT_MAC_LEN + len, out);
-}
-
-int
-jat_decode(struct jat *j, const char *tag, size_t len, uint8_t *out)
-{
-	/* 1023 base64 chars decode to at most 767 bytes. */
-	uint8_t buf[(JAT_TAG_MAX * 6) / 8 + 1];
-	uint8_t mac[32];
-	int n;
-	size_t payload_len;
-
-	if (len > JAT_TAG_MAX) {
-		return -1;
-	}
-	n = b64url_decode(tag, len, buf);
-	if (n <= JAT_MAC_LEN) {
-		return -1;	/* also rejects an empty payload */
-	}
-	payload_len = (size_t)n - JAT_MAC_LEN;
-	if (jat_mac(j, buf + JAT_MAC_LEN, payload_len, mac) != 0
-	    || CRYPTO_memcmp(mac, buf, JAT_MAC_LEN) != 0) {
-		return -1;
-	}
-	memcpy(out, buf + JAT_MAC_LEN, payload_len);
-	return (int)payload_len;
+	return 0;
 }

@@ -1,13 +1,14 @@
 /*
- * JAT (Jabber Address Translation) tags: a JID packed into an XMPP resource
- * that only this component can have produced. Pure C: no Lua, no I/O.
+ * JAT (Jabber Address Translation) tags: a short, unforgeable name for a
+ * JID, used as an XMPP resource. Pure C: no Lua, no I/O.
  *
- * A tag is base64url(MAC || payload), without padding, where MAC is
- * HMAC-SHA-256 truncated to JAT_MAC_LEN bytes under a key derived from the
- * secret and a context (the component's address), so that one secret shared
- * by two components gives them different tags. Base64url keeps the resource
- * ASCII, case-preserved and unchanged by resourceprep, whatever the script
- * or direction of the JID inside.
+ * A JID's reference is HMAC-SHA-256 of the JID, truncated to JAT_REF_LEN
+ * bytes, under a key derived from the secret and a context (the component's
+ * address), so that one secret shared by two components gives them
+ * different references. Its tag is the reference in base64url: JAT_TAG_LEN
+ * characters, ASCII, unchanged by resourceprep, whatever the JID. Turning a
+ * tag back into its JID is a lookup among the JIDs this key has tagged
+ * (see jat_lua.c): without the key nobody can name a JID that was not.
  * SPDX-License-Identifier: MIT
  */
 #ifndef CPROXY_JAT_H
@@ -16,13 +17,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* RFC 7622: a resourcepart is at most 1023 bytes. */
-#define JAT_TAG_MAX 1023
-/* 96 bits of MAC: forging one takes about 2^95 guesses. */
-#define JAT_MAC_LEN 12
+/* 96 bits: guessing a reference in use takes about 2^96 / (JIDs held) tries. */
+#define JAT_REF_LEN 12
+/* Base64url of JAT_REF_LEN bytes: 96 bits are exactly 16 characters. */
+#define JAT_TAG_LEN 16
 #define JAT_KEY_LEN 32
-/* The longest payload whose tag still fits: 1023 base64 chars carry 767 bytes. */
-#define JAT_PAYLOAD_MAX ((JAT_TAG_MAX * 6) / 8 - JAT_MAC_LEN)
 
 struct evp_mac_ctx_st;
 
@@ -42,19 +41,18 @@ void jat_free(struct jat *j);
 /* Full HMAC-SHA-256 of data under the derived key. Returns 0 or -1. */
 int jat_mac(struct jat *j, const uint8_t *data, size_t len, uint8_t out[32]);
 
-/*
- * Write the tag of payload[0..len) into out (JAT_TAG_MAX bytes, not
- * NUL-terminated). Returns its length, or 0 when len is 0, longer than
- * JAT_PAYLOAD_MAX, or libcrypto fails.
- */
-size_t jat_encode(struct jat *j, const uint8_t *payload, size_t len, char *out);
+/* The reference of jid[0..len). Returns 0, or -1 when libcrypto fails. */
+int jat_ref(struct jat *j, const uint8_t *jid, size_t len, uint8_t ref[JAT_REF_LEN]);
+
+/* The tag of a reference: JAT_TAG_LEN characters, not NUL-terminated. */
+void jat_tag_of(const uint8_t ref[JAT_REF_LEN], char tag[JAT_TAG_LEN]);
 
 /*
- * Check tag[0..len) and write its payload into out (JAT_PAYLOAD_MAX bytes).
- * Returns the payload length, or -1 for anything this key did not produce:
- * wrong length, a byte outside base64url, non-zero padding bits, a wrong MAC.
- * Only the first JAT_TAG_MAX bytes are ever looked at.
+ * The reference a tag names. Returns 0, or -1 unless tag[0..len) is exactly
+ * JAT_TAG_LEN base64url characters (each such string is the tag of exactly
+ * one reference, so a tag has no other spelling). Reads at most
+ * JAT_TAG_LEN bytes.
  */
-int jat_decode(struct jat *j, const char *tag, size_t len, uint8_t *out);
+int jat_ref_of(const char *tag, size_t len, uint8_t ref[JAT_REF_LEN]);
 
 #endif

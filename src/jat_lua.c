@@ -1,12 +1,12 @@
 /*
  * Lua binding of JAT tags: cproxy.core.jat(secret, context).
  *
- * A JID whose tag would not fit in a resource (JIDs can reach 3 KiB, a
- * resource 1023 bytes) is tagged by reference: the payload is a NUL byte and
- * a keyed digest of the JID, and the JID itself is remembered here, in two
- * generations of at most LONG_JIDS_PER_GENERATION entries each, so memory
- * stays bounded and the JIDs in use stay known. No real JID starts with NUL,
- * so the two kinds of payload cannot be confused.
+ * encode remembers each JID under its reference; decode looks a tag's
+ * reference up, so only JIDs this key has tagged come back. The JIDs are
+ * kept in two generations: when the current one reaches GENERATION_JIDS
+ * entries or GENERATION_BYTES bytes it becomes the previous one and the old
+ * previous one is dropped. A JID in use is moved up on each encode or
+ * decode, so it stays; memory stays bounded whatever the senders do.
  * SPDX-License-Identifier: MIT
  */
 #include <stdint.h>
@@ -15,17 +15,20 @@
 #include "cproxy.h"
 #include "jat.h"
 
-#define LONG_JIDS_PER_GENERATION 4096
-#define REFERENCE_LEN 17	/* NUL + 16 bytes of digest */
+#define GENERATION_JIDS 16384
+#define GENERATION_BYTES (4 * 1024 * 1024)
+/* What one entry costs beyond the JID's bytes: a short string and a node. */
+#define ENTRY_OVERHEAD 64
 /* Three parts of 1023 bytes, '@' and '/'. */
 #define JID_MAX (3 * 1023 + 2)
 
-/* Uservalue slots: the long JIDs of this generation and of the previous one. */
-enum { LONG_CURRENT = 1, LONG_PREVIOUS = 2 };
+/* Uservalue slots: reference -> JID, for this generation and the previous one. */
+enum { CURRENT = 1, PREVIOUS = 2 };
 
 struct jat_box {
 	struct jat jat;
-	lua_Integer long_count;	/* entries in LONG_CURRENT */
+	lua_Integer count;	/* entries in CURRENT */
+	lua_Integer bytes;	/* their approximate size */
 };
 
 static struct jat_box *
@@ -47,7 +50,8 @@ l_new(lua_State *L)
 	struct jat_box *box = lua_newuserdatauv(L, sizeof(*box), 2);
 
 	box->jat.mac = NULL;
-	box->long_count = 0;
+	box->count = 0;
+	box->bytes = 0;
 	luaL_setmetatable(L, CPROXY_JAT_MT);
 	luaL_argcheck(L, secret == NULL || secret_len > 0, 1, "empty secret");
 	if (jat_init(&box->jat, (const uint8_t *)secret, secret_len,
@@ -57,61 +61,47 @@ l_new(lua_State *L)
 		return 2;
 	}
 	lua_newtable(L);
-	lua_setiuservalue(L, -2, LONG_CURRENT);
+	lua_setiuservalue(L, -2, CURRENT);
 	lua_newtable(L);
-	lua_setiuservalue(L, -2, LONG_PREVIOUS);
+	lua_setiuservalue(L, -2, PREVIOUS);
 	return 1;
 }
 
-/* Remembers ref -> jid (both on the stack top: ref, jid), pops both. */
-static void
-long_store(lua_State *L, struct jat_box *box, int box_index)
+/* Pushes the JID stored under ref in generation `slot`, or nil. */
+static int
+lookup(lua_State *L, const uint8_t ref[JAT_REF_LEN], int slot)
 {
-	if (box->long_count >= LONG_JIDS_PER_GENERATION) {
-		lua_getiuservalue(L, box_index, LONG_CURRENT);
-		lua_setiuservalue(L, box_index, LONG_PREVIOUS);
-		lua_newtable(L);
-		lua_setiuservalue(L, box_index, LONG_CURRENT);
-		box->long_count = 0;
-	}
-	lua_getiuservalue(L, box_index, LONG_CURRENT);
-	lua_insert(L, -3);
-	lua_rawset(L, -3);
-	lua_pop(L, 1);
-	box->long_count++;
+	int type;
+
+	lua_getiuservalue(L, 1, slot);
+	lua_pushlstring(L, (const char *)ref, JAT_REF_LEN);
+	type = lua_rawget(L, -2);
+	lua_remove(L, -2);
+	return type;
 }
 
-/*
- * Looks the reference at the top of the stack up in both generations,
- * moving a hit from the previous one into the current one. Replaces the
- * reference with the JID or nil.
- */
+/* Stores ref -> the JID at stack index `jid` in the current generation. */
 static void
-long_lookup(lua_State *L, struct jat_box *box, int box_index)
+remember(lua_State *L, struct jat_box *box, const uint8_t ref[JAT_REF_LEN], int jid)
 {
-	lua_getiuservalue(L, box_index, LONG_CURRENT);
-	lua_pushvalue(L, -2);
-	if (lua_rawget(L, -2) != LUA_TNIL) {
-		lua_replace(L, -3);
-		lua_pop(L, 1);
-		return;
+	size_t len;
+
+	(void)lua_tolstring(L, jid, &len);
+	if (box->count >= GENERATION_JIDS || box->bytes >= GENERATION_BYTES) {
+		lua_getiuservalue(L, 1, CURRENT);
+		lua_setiuservalue(L, 1, PREVIOUS);
+		lua_newtable(L);
+		lua_setiuservalue(L, 1, CURRENT);
+		box->count = 0;
+		box->bytes = 0;
 	}
-	lua_pop(L, 2);
-	lua_getiuservalue(L, box_index, LONG_PREVIOUS);
-	lua_pushvalue(L, -2);
-	if (lua_rawget(L, -2) == LUA_TNIL) {
-		lua_replace(L, -3);
-		lua_pop(L, 1);
-		return;
-	}
-	/* stack: ref, previous, jid. Storing it again counts against the
-	 * current generation, so the two together never hold more than twice
-	 * LONG_JIDS_PER_GENERATION. */
-	lua_replace(L, -2);
-	lua_pushvalue(L, -2);
-	lua_pushvalue(L, -2);
-	long_store(L, box, box_index);
-	lua_replace(L, -2);
+	lua_getiuservalue(L, 1, CURRENT);
+	lua_pushlstring(L, (const char *)ref, JAT_REF_LEN);
+	lua_pushvalue(L, jid);
+	lua_rawset(L, -3);
+	lua_pop(L, 1);
+	box->count++;
+	box->bytes += (lua_Integer)len + ENTRY_OVERHEAD;
 }
 
 /* A libcrypto failure is a runtime error, not the caller's: nil, message. */
@@ -130,72 +120,52 @@ l_encode(lua_State *L)
 	struct jat_box *box = check_box(L);
 	size_t len;
 	const char *jid = luaL_checklstring(L, 2, &len);
-	char tag[JAT_TAG_MAX];
-	uint8_t reference[REFERENCE_LEN];
-	size_t tag_len;
+	uint8_t ref[JAT_REF_LEN];
+	char tag[JAT_TAG_LEN];
 
-	if (len == 0 || jid[0] == '\0' || len > JID_MAX) {
+	/* No JID holds a NUL; refusing one keeps one JID per string. */
+	if (len == 0 || len > JID_MAX || memchr(jid, '\0', len) != NULL) {
 		lua_pushnil(L);
 		lua_pushliteral(L, "invalid");
 		return 2;
 	}
-	if (len <= JAT_PAYLOAD_MAX) {
-		tag_len = jat_encode(&box->jat, (const uint8_t *)jid, len, tag);
-	} else {
-		uint8_t buf[1 + JID_MAX];
-		uint8_t digest[32];
-
-		buf[0] = '\0';
-		memcpy(buf + 1, jid, len);
-		if (jat_mac(&box->jat, buf, len + 1, digest) != 0) {
-			return crypto_failure(L);
-		}
-		reference[0] = '\0';
-		memcpy(reference + 1, digest, REFERENCE_LEN - 1);
-		lua_pushlstring(L, (const char *)reference, REFERENCE_LEN);
-		long_lookup(L, box, 1);
-		if (lua_isnil(L, -1)) {
-			lua_pop(L, 1);
-			lua_pushlstring(L, (const char *)reference, REFERENCE_LEN);
-			lua_pushvalue(L, 2);
-			long_store(L, box, 1);
-		} else {
-			lua_pop(L, 1);
-		}
-		tag_len = jat_encode(&box->jat, reference, REFERENCE_LEN, tag);
-	}
-	if (tag_len == 0) {
+	if (jat_ref(&box->jat, (const uint8_t *)jid, len, ref) != 0) {
 		return crypto_failure(L);
 	}
-	lua_pushlstring(L, tag, tag_len);
+	if (lookup(L, ref, CURRENT) == LUA_TNIL) {
+		remember(L, box, ref, 2);
+	}
+	lua_pop(L, 1);
+	jat_tag_of(ref, tag);
+	lua_pushlstring(L, tag, JAT_TAG_LEN);
 	return 1;
 }
 
-/* (jat, tag) -> jid | nil, "invalid" | nil, "expired" */
+/* (jat, tag) -> jid | nil, "invalid" | nil, "unknown" */
 static int
 l_decode(lua_State *L)
 {
 	struct jat_box *box = check_box(L);
 	size_t len;
 	const char *tag = luaL_checklstring(L, 2, &len);
-	uint8_t payload[JAT_PAYLOAD_MAX];
-	int n = jat_decode(&box->jat, tag, len, payload);
+	uint8_t ref[JAT_REF_LEN];
 
-	if (n < 0 || (payload[0] == '\0' && n != REFERENCE_LEN)) {
+	if (jat_ref_of(tag, len, ref) != 0) {
 		lua_pushnil(L);
 		lua_pushliteral(L, "invalid");
 		return 2;
 	}
-	lua_pushlstring(L, (const char *)payload, (size_t)n);
-	if (payload[0] != '\0') {
+	if (lookup(L, ref, CURRENT) != LUA_TNIL) {
 		return 1;
 	}
-	long_lookup(L, box, 1);
-	if (lua_isnil(L, -1)) {
-		lua_pushliteral(L, "expired");
-		return 2;
+	lua_pop(L, 1);
+	if (lookup(L, ref, PREVIOUS) != LUA_TNIL) {
+		remember(L, box, ref, lua_gettop(L));
+		return 1;
 	}
-	return 1;
+	/* Altered, from another key, or not tagged for two generations. */
+	lua_pushliteral(L, "unknown");
+	return 2;
 }
 
 /* (jat) -> ()   frees the key; idempotent, also __gc and __close */
@@ -239,6 +209,10 @@ jat_lua_open(lua_State *L)
 	lua_pop(L, 1);
 	lua_pushcfunction(L, l_new);
 	lua_setfield(L, -2, "jat");
-	lua_pushinteger(L, JAT_PAYLOAD_MAX);
-	lua_setfield(L, -2, "jat_inline_max");
+	lua_pushinteger(L, JAT_TAG_LEN);
+	lua_setfield(L, -2, "jat_tag_length");
+	lua_pushinteger(L, GENERATION_JIDS);
+	lua_setfield(L, -2, "jat_generation_jids");
+	lua_pushinteger(L, GENERATION_BYTES);
+	lua_setfield(L, -2, "jat_generation_bytes");
 }
