@@ -83,16 +83,24 @@ local started = {}; -- fresh id -> record
 local next_id = 0;
 local sweep_timer;
 
--- The pending gauge of each resource, looked up once.
+-- The pending gauge of each resource, looked up once, and set only when
+-- statistics are collected: nothing per request.
 local gauges = setmetatable({}, { __index = function (t, resource)
 	local gauge = pending_gauge:with_labels(resource);
 	t[resource] = gauge;
 	return gauge;
 end });
 
-local function count_pending(resource, delta)
-	gauges[resource]:set(math.max(0, pool:add_pending(resource, delta)));
-end
+module:hook_global("stats-update", function ()
+	for resource, gauge in pairs(gauges) do
+		gauge:set(pool:pending_of(resource));
+	end
+	for resource in pool:pending_resources() do
+		if not rawget(gauges, resource) then
+			gauges[resource]:set(pool:pending_of(resource));
+		end
+	end
+end);
 
 -- An error to whoever sent the request of `record`, as if from the address
 -- the request was sent to.
@@ -120,7 +128,7 @@ end
 local function finish(record)
 	if record.key then
 		pending[record.key] = nil;
-		count_pending(record.resource, -1);
+		pool:add_pending(record.resource, -1);
 	else
 		started[record.fresh_id] = nil;
 	end
@@ -165,7 +173,7 @@ local function dispatch(record, stanza, resource)
 	end
 	record.resource, record.key = resource, k;
 	pending[k] = record;
-	count_pending(resource, 1);
+	pool:add_pending(resource, 1);
 	arm_timer();
 	stanza.attr.from = host .. "/" .. record.tag;
 	stanza.attr.to = target .. "/" .. resource;

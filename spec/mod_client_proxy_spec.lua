@@ -544,3 +544,74 @@ describe("mod_client_proxy start-up order #integration", function ()
 		assert.truthy(served, server:log_tail(30));
 	end);
 end);
+
+describe("mod_client_proxy metrics #integration", function ()
+	local http = require "socket.http";
+	local ltn12 = require "ltn12";
+
+	-- The component's samples from mod_http_openmetrics, as name{labels} -> number.
+	local function metrics(port)
+		local body = {};
+		local ok, code = http.request({ url = ("http://127.0.0.1:%d/metrics"):format(port),
+			headers = { host = "localhost" }, sink = ltn12.sink.table(body) });
+		assert(ok and code == 200, "GET /metrics: " .. tostring(code));
+		local samples = {};
+		for name, labels, value in table.concat(body):gmatch("\n(prosody_mod_client_proxy__[%w_]+)(%b{}) (%S+)") do
+			samples[name .. labels] = tonumber(value);
+		end
+		return samples;
+	end
+
+	local function counter(samples, name)
+		return samples[("prosody_mod_client_proxy__%s_total{host=\"metrics.localhost\"}"):format(name)] or 0;
+	end
+
+	local function pending(samples, resource)
+		return samples[("prosody_mod_client_proxy__pending{host=\"metrics.localhost\",resource=%q}"):format(resource)];
+	end
+
+	it("count requests, replies, drops, timeouts and messages, and requests pending per resource", function ()
+		local port = prosody.free_port();
+		local server = prosody.start({
+			global = ("statistics = \"internal\"\nstatistics_interval = \"manual\"\nhttp_ports = { %d }\n"
+				.. "http_interfaces = { \"127.0.0.1\" }\n"
+				.. "modules_enabled = { \"roster\", \"saslauth\", \"disco\", \"ping\", \"http_openmetrics\" }"):format(port);
+			hosts = 'VirtualHost "localhost"\n\nComponent "metrics.localhost" "client_proxy"\n'
+				.. '\ttarget_address = "metrics-svc@localhost"\n\tclient_proxy_timeout = 1\n';
+			accounts = { { "alice", "localhost", "alice" }, { "bob", "localhost", "bob" },
+				{ "metrics-svc", "localhost", "metrics-svc" } };
+		});
+		local svc, alice;
+		finally(function ()
+			close_all({ svc and svc[1], alice });
+			server:stop();
+		end);
+		svc = implementing(server, "metrics", { "a" });
+		alice = login(server, "alice");
+		local before = metrics(port);
+
+		alice:send(request("metrics.localhost", "get", "m1"));
+		local req = assert(svc[1]:await(is_request));
+		local during = metrics(port);
+		assert.equal(counter(before, "routed") + 1, counter(during, "routed"));
+		assert.equal(1, pending(during, "a"));
+
+		answer(svc[1], req);
+		assert(alice:await_iq("result"));
+		svc[1]:send(st.iq({ type = "result", id = "never-asked", to = req.attr.from }));
+		alice:send(st.message({ to = "metrics.localhost", type = "chat" }):tag("body"):text("hi"));
+		assert(svc[1]:await_message());
+		alice:send(request("metrics.localhost", "get", "m2"));
+		assert(svc[1]:await(is_request));
+		local timed_out = assert(alice:await_iq("error", 5));
+		assert.equal("wait/remote-server-timeout", condition(timed_out));
+
+		local after = metrics(port);
+		assert.equal(counter(before, "routed") + 2, counter(after, "routed"));
+		assert.equal(counter(before, "replies") + 1, counter(after, "replies"));
+		assert.equal(counter(before, "dropped") + 1, counter(after, "dropped"));
+		assert.equal(counter(before, "timeouts") + 1, counter(after, "timeouts"));
+		assert.equal(counter(before, "messages") + 1, counter(after, "messages"));
+		assert.equal(0, pending(after, "a"));
+	end);
+end);

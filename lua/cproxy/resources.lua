@@ -6,7 +6,7 @@
 -- can drain a resource by lowering its priority), unless a preferred
 -- resource from client_proxy_resources is available: the first such wins.
 -- SPDX-License-Identifier: MIT
-local ipairs, setmetatable = ipairs, setmetatable;
+local ipairs, next, setmetatable = ipairs, next, setmetatable;
 local random, table_remove = math.random, table.remove;
 local _ENV = nil;
 
@@ -146,6 +146,15 @@ function pool_mt:add_pending(resource, delta)
 	local n = (self.pending[resource] or 0) + delta;
 	self.pending[resource] = n > 0 and n or nil;
 	return n;
+end
+
+function pool_mt:pending_of(resource)
+	return self.pending[resource] or 0;
+end
+
+-- Iterates over the resources with requests in flight.
+function pool_mt:pending_resources()
+	return next, self.pending, nil;
 end
 
 local function new(policy, preferred)
