@@ -12,6 +12,7 @@ local socket = require "socket";
 local prosody = require "spec.helpers.prosody";
 local xmpp = require "spec.helpers.xmpp_client";
 local st = require "util.stanza";
+local percentile = require "bench.stats".percentile;
 
 local IQS = tonumber(os.getenv("BENCH_IQS")) or 20000;
 local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS")) or 3;
@@ -24,14 +25,6 @@ VirtualHost "localhost"
 Component "jat.localhost" "client_proxy"
 	target_address = "svc@localhost"
 ]];
-
-local function percentile(samples, p)
-	if #samples == 0 then
-		return 0 / 0;
-	end
-	table.sort(samples);
-	return samples[math.max(1, math.ceil(#samples * p))];
-end
 
 -- Reads what has arrived on `client` without blocking; false once closed.
 local function take(client)

@@ -8,6 +8,7 @@ local prosody = require "spec.helpers.prosody";
 local xmpp = require "spec.helpers.xmpp_client";
 local s5 = require "spec.helpers.socks5_client";
 local st = require "util.stanza";
+local percentile = require "bench.stats".percentile;
 
 local MiB, GiB = 1048576, 1073741824;
 local scenarios = {
@@ -21,14 +22,6 @@ VirtualHost "localhost"
 
 Component "proxy.localhost" "proxy65"
 ]];
-
-local function percentile(samples, p)
-	if #samples == 0 then
-		return 0 / 0;
-	end
-	table.sort(samples);
-	return samples[math.max(1, math.ceil(#samples * p))];
-end
 
 local function read_file(path)
 	local f = io.open(path);
