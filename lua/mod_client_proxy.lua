@@ -2,10 +2,11 @@
 --
 -- IQ requests and messages sent to this component go to a resource of the
 -- target account (the "implementing client"), from component/TAG, where TAG
--- is the sender's JID packed with a MAC by the C extension (src/jat.c).
--- Replies are routed back only when they answer a request this component
--- sent to that very resource with that id; the implementing client can also
--- start IQs and messages to component/TAG, which reach the JID inside TAG.
+-- is an unforgeable 16-character name of the sender's JID, made and turned
+-- back by the C extension (src/jat.c, src/jat_lua.c). Replies are routed
+-- back only when they answer a request this component sent to that very
+-- resource with that id; the implementing client can also start IQs and
+-- messages to component/TAG, which reach the JID that TAG names.
 -- A superset of prosody-modules' mod_client_proxy, with its configuration.
 -- Resource choice is in cproxy/resources.lua.
 -- SPDX-License-Identifier: MIT
@@ -83,22 +84,16 @@ local started = {}; -- fresh id -> record
 local next_id = 0;
 local sweep_timer;
 
--- The pending gauge of each resource, looked up once, and set only when
--- statistics are collected: nothing per request.
-local gauges = setmetatable({}, { __index = function (t, resource)
-	local gauge = pending_gauge:with_labels(resource);
-	t[resource] = gauge;
-	return gauge;
-end });
+-- The pending gauge of each resource that has had requests in flight, set
+-- only when statistics are collected: nothing per request.
+local gauges = {};
 
 module:hook_global("stats-update", function ()
+	for resource in pool:pending_resources() do
+		gauges[resource] = gauges[resource] or pending_gauge:with_labels(resource);
+	end
 	for resource, gauge in pairs(gauges) do
 		gauge:set(pool:pending_of(resource));
-	end
-	for resource in pool:pending_resources() do
-		if not rawget(gauges, resource) then
-			gauges[resource]:set(pool:pending_of(resource));
-		end
 	end
 end);
 
@@ -200,7 +195,6 @@ local function route_request(stanza)
 		stanza = stanza.attr.type == "get" and stanza or nil,
 	};
 	if not dispatch(record, stanza, resource) then
-		record.stanza = nil;
 		module:send(st.error_reply(stanza, "modify", "bad-request", "A request with this id is already pending"));
 		return true;
 	end
@@ -306,11 +300,6 @@ local function on_target_reply(stanza, resource, tag)
 	local record = pending[resource .. "\0" .. (tag or "") .. "\0" .. (stanza.attr.id or "")];
 	if not record then
 		return drop(stanza, "not a reply to a pending request");
-	end
-	if stanza.attr.type == "error" and record.stanza and not pool:has(resource) then
-		-- The server bounced it: the resource left before the request got there.
-		reroute(record, resource);
-		return true;
 	end
 	finish(record);
 	measure_replies(1);
@@ -460,8 +449,8 @@ function module.unload()
 		end
 	end
 	pending, started = {}, {};
-	for resource in pairs(gauges) do
-		gauges[resource]:set(0); -- the metric family outlives this module instance
+	for _, gauge in pairs(gauges) do
+		gauge:set(0); -- the metric family outlives this module instance
 	end
 	for _, record in ipairs(records) do
 		send_error(record, "wait", "service-unavailable", "The service is restarting");
