@@ -104,17 +104,11 @@ jat_free(struct jat *j)
 }
 
 int
-jat_mac(struct jat *j, const uint8_t *data, size_t len, uint8_t out[32])
-{
-	return hmac_run(j->mac, data, len, NULL, 0, out);
-}
-
-int
 jat_ref(struct jat *j, const uint8_t *jid, size_t len, uint8_t ref[JAT_REF_LEN])
 {
 	uint8_t mac[32];
 
-	if (jat_mac(j, jid, len, mac) != 0) {
+	if (hmac_run(j->mac, jid, len, NULL, 0, mac) != 0) {
 		return -1;
 	}
 	memcpy(ref, mac, JAT_REF_LEN);

@@ -38,9 +38,6 @@ int jat_init(struct jat *j, const uint8_t *secret, size_t secret_len,
 	const uint8_t *context, size_t context_len);
 void jat_free(struct jat *j);
 
-/* Full HMAC-SHA-256 of data under the derived key. Returns 0 or -1. */
-int jat_mac(struct jat *j, const uint8_t *data, size_t len, uint8_t out[32]);
-
 /* The reference of jid[0..len). Returns 0, or -1 when libcrypto fails. */
 int jat_ref(struct jat *j, const uint8_t *jid, size_t len, uint8_t ref[JAT_REF_LEN]);
 
