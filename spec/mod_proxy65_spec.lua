@@ -6,7 +6,9 @@ local xmpp = require "spec.helpers.xmpp_client";
 local s5 = require "spec.helpers.socks5_client";
 local st = require "util.stanza";
 
-local xmlns_bytestreams = "http://jabber.org/protocol/bytestreams";
+local bs = require "spec.helpers.bytestreams";
+
+local xmlns_bytestreams = bs.xmlns;
 local MiB = 1048576;
 
 local hosts = [[
@@ -19,48 +21,8 @@ Component "acl.localhost" "proxy65"
 	proxy65_acl = { "bob@localhost" }
 ]];
 
-local function accounts()
-	return { { "alice", "localhost", "alice-pw" }, { "bob", "localhost", "bob-pw" } };
-end
-
-local function login(server, user)
-	return assert(xmpp.connect({ port = server.ports.c2s, domain = "localhost",
-		username = user, password = user .. "-pw", resource = "r" .. math.random(1e6) }));
-end
-
-local function activation(sid, target_jid, to)
-	local query = xmpp.iq({ type = "set", to = to or "proxy.localhost" })
-		:tag("query", { xmlns = xmlns_bytestreams, sid = sid });
-	if target_jid then
-		query:tag("activate"):text(target_jid):up();
-	end
-	return query;
-end
-
-local function error_of(reply)
-	assert.equal("error", reply.attr.type);
-	local err = reply:get_child("error");
-	local condition = err.tags[1] and err.tags[1].name;
-	return err.attr.type, condition;
-end
-
--- Runs the XEP-0065 negotiation; returns target and initiator sockets.
-local sid_counter = 0;
-local function open_stream(server, initiator, target, opts)
-	opts = opts or {};
-	sid_counter = sid_counter + 1;
-	local sid = "sid-" .. sid_counter .. "-" .. math.random(1e9);
-	local hash = s5.hash(sid, initiator.jid, target.jid);
-	local t_sock = assert(s5.connect(server.ports.proxy65, hash, { mode = opts.mode }));
-	local i_sock = assert(s5.connect(server.ports.proxy65, hash,
-		{ mode = opts.early and "pipelined" or opts.mode, early = opts.early }));
-	if opts.before_activation then
-		opts.before_activation(t_sock, i_sock);
-	end
-	local reply = assert(initiator:request(activation(sid, target.jid), 10));
-	assert.equal("result", reply.attr.type);
-	return t_sock, i_sock, sid, hash;
-end
+local accounts, login, activation = bs.accounts, bs.login, bs.activation;
+local error_of, open_stream = bs.error_of, bs.open_stream;
 
 local function run_suite(backend)
 	describe("mod_proxy65 on the " .. backend .. " backend #integration", function ()

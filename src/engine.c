@@ -10,6 +10,15 @@
  *
  * Hand-over between threads is a mutex-protected list plus an eventfd in
  * each direction; the hot path (pumping bytes) takes no lock.
+ *
+ * Why the thread starts with the first relay, not with the engine: Prosody
+ * loads its modules, then daemonizes (prosodyctl start, init scripts and
+ * `daemonize = true` run `prosody -D`; mod_posix forks at server-started).
+ * Threads do not survive fork(), so a thread started at load would be
+ * missing in the daemon. Every entry point checks the process id, and an
+ * engine that finds itself in a child process without its thread forgets
+ * the relays that thread held (closing only this process's copies of their
+ * fds) and starts anew.
  * SPDX-License-Identifier: MIT
  */
 #define _GNU_SOURCE
@@ -20,6 +29,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -54,6 +64,7 @@ struct engine {
 	int epfd, wakefd, notifyfd;
 	pthread_t thread;
 	int thread_started;
+	pid_t thread_pid;	/* the process the thread runs in */
 
 	pthread_mutex_t lock;	/* guards the fields down to `stats` */
 	struct entry *incoming;
@@ -306,12 +317,120 @@ stop:
 	return NULL;
 }
 
+/* The thread's epoll set and its wake-up eventfd. Returns 0 or an errno. */
+static int
+open_loop(struct engine *e)
+{
+	struct epoll_event ev;
+	int err;
+
+	e->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (e->epfd < 0) {
+		return errno;
+	}
+	if ((err = fd_eventfd(&e->wakefd))) {
+		return err;
+	}
+	memset(&ev, 0, sizeof(ev));
+	ev.events = EPOLLIN;
+	ev.data.ptr = NULL;	/* NULL marks the wake-up fd */
+	return epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->wakefd, &ev) < 0 ? errno : 0;
+}
+
+static int
+start_thread(struct engine *e)
+{
+	sigset_t all, old;
+	int err;
+
+	/* Signals belong to the host's main thread: block them all here. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	err = pthread_create(&e->thread, NULL, engine_main, e);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err == 0) {
+		e->thread_started = 1;
+		e->thread_pid = getpid();
+	}
+	return err;
+}
+
+/* Publishes that the relay of `en` was given up; the caller frees en. */
+static void
+publish_cancelled(struct engine *e, const struct entry *en)
+{
+	struct engine_result res;
+
+	memset(&res, 0, sizeof(res));
+	res.id = en->id;
+	res.bytes[0] = en->relay.dir[0].bytes;
+	res.bytes[1] = en->relay.dir[1].bytes;
+	res.error = ECANCELED;
+	res.failed_side = -1;
+	if (e->done_len == e->done_cap) {
+		size_t cap = e->done_cap ? e->done_cap * 2 : 16;
+		struct engine_result *grown = realloc(e->done, cap * sizeof(*grown));
+		if (grown == NULL) {
+			return;	/* the owner never learns of it: its hash stays taken */
+		}
+		e->done = grown;
+		e->done_cap = cap;
+	}
+	e->done[e->done_len++] = res;
+}
+
+/*
+ * In a child process the engine is a copy whose thread does not exist.
+ * The relays it ran belong to the parent: close this process's copies of
+ * their fds (without shutdown(), which would end the parent's streams),
+ * report them as cancelled, and set up a loop of this process's own.
+ * The lock is re-initialised: the lost thread may have held it at fork().
+ * Called by the owner's thread only, so nothing runs concurrently here.
+ */
+static int
+forget_lost_thread(struct engine *e)
+{
+	struct entry *lists[2] = { e->active, e->incoming };
+
+	pthread_mutex_init(&e->lock, NULL);
+	e->active = e->incoming = NULL;
+	e->run_head = e->run_tail = NULL;
+	for (int i = 0; i < 2; i++) {
+		while (lists[i]) {
+			struct entry *en = lists[i];
+			lists[i] = en->next;
+			publish_cancelled(e, en);
+			relay_release(&en->relay);
+			free(en);
+			e->stats.active--;
+			e->stats.finished++;
+			e->stats.failed++;
+		}
+	}
+	e->thread_started = 0;
+	e->stopping = 0;
+	fd_close(&e->epfd);
+	fd_close(&e->wakefd);
+	if (e->done_len > 0) {
+		signal_fd(e->notifyfd);
+	}
+	return open_loop(e);
+}
+
+/* Called first by every entry point that the owner's thread uses. */
+static int
+check_process(struct engine *e)
+{
+	if (e->thread_started && e->thread_pid != getpid()) {
+		return forget_lost_thread(e);
+	}
+	return e->epfd < 0 ? EBADF : 0;
+}
+
 struct engine *
 engine_new(const struct engine_config *cfg, int *err)
 {
 	struct engine *e = calloc(1, sizeof(*e));
-	struct epoll_event ev;
-	sigset_t all, old;
 
 	if (e == NULL) {
 		*err = ENOMEM;
@@ -326,30 +445,12 @@ engine_new(const struct engine_config *cfg, int *err)
 		*err = ENOMEM;
 		goto fail;
 	}
-	e->epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (e->epfd < 0) {
-		*err = errno;
+	if ((*err = fd_eventfd(&e->notifyfd))) {
 		goto fail;
 	}
-	if ((*err = fd_eventfd(&e->wakefd)) || (*err = fd_eventfd(&e->notifyfd))) {
+	if ((*err = open_loop(e))) {
 		goto fail;
 	}
-	memset(&ev, 0, sizeof(ev));
-	ev.events = EPOLLIN;
-	ev.data.ptr = NULL;
-	if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->wakefd, &ev) < 0) {
-		*err = errno;
-		goto fail;
-	}
-	/* Signals belong to the host's main thread: block them all here. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	*err = pthread_create(&e->thread, NULL, engine_main, e);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (*err) {
-		goto fail;
-	}
-	e->thread_started = 1;
 	return e;
 fail:
 	engine_free(e);
@@ -374,9 +475,16 @@ int
 engine_add(struct engine *e, uint64_t id, int fd0, int fd1,
     const uint8_t *early0, size_t len0, const uint8_t *early1, size_t len1)
 {
-	struct entry *en = calloc(1, sizeof(*en));
+	struct entry *en = NULL;
 	int err;
 
+	if ((err = check_process(e))) {
+		goto fail;
+	}
+	if (!e->thread_started && (err = start_thread(e))) {
+		goto fail;
+	}
+	en = calloc(1, sizeof(*en));
 	if (en == NULL) {
 		err = ENOMEM;
 		goto fail;
@@ -413,6 +521,7 @@ engine_reap(struct engine *e, struct engine_result *out, size_t max)
 {
 	size_t n;
 
+	(void)check_process(e);	/* a failure shows at the next engine_add */
 	clear_fd(e->notifyfd);
 	pthread_mutex_lock(&e->lock);
 	n = e->done_len < max ? e->done_len : max;
@@ -429,6 +538,7 @@ engine_reap(struct engine *e, struct engine_result *out, size_t max)
 void
 engine_get_stats(struct engine *e, struct engine_stats *st)
 {
+	(void)check_process(e);
 	pthread_mutex_lock(&e->lock);
 	*st = e->stats;
 	pthread_mutex_unlock(&e->lock);
@@ -439,6 +549,9 @@ engine_free(struct engine *e)
 {
 	if (e == NULL) {
 		return;
+	}
+	if (e->thread_started && e->thread_pid != getpid()) {
+		(void)forget_lost_thread(e);	/* no thread here to join */
 	}
 	if (e->thread_started) {
 		pthread_mutex_lock(&e->lock);

@@ -365,3 +365,12 @@ relay_close(struct relay *r, struct relay_buffer *buf)
 		pump_free(&r->dir[side]);
 	}
 }
+
+void
+relay_release(struct relay *r)
+{
+	for (int side = 0; side < 2; side++) {
+		fd_close(&r->fd[side]);
+		pump_free(&r->dir[side]);
+	}
+}

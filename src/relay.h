@@ -76,4 +76,10 @@ enum relay_status relay_pump(struct relay *r, struct relay_buffer *buf,
 /* Close both sockets so that bytes already queued still reach the peers. */
 void relay_close(struct relay *r, struct relay_buffer *buf);
 
+/*
+ * Release what the relay holds in this process only: close its fds with no
+ * shutdown(), so that another process sharing the sockets is unaffected.
+ */
+void relay_release(struct relay *r);
+
 #endif

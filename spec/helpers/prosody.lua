@@ -122,7 +122,8 @@ local function port_open(port)
 end
 
 -- opts: plugin_paths, global, hosts, accounts, backend, log_level,
--- wait_ports, expect_failure, env. See the README of spec/ in the header.
+-- wait_ports, expect_failure, env, daemonize (start with `prosodyctl start`
+-- instead of `prosody -F`).
 function M.start(opts)
 	opts = opts or {};
 	local _, dir = shell("mktemp -d \"${TMPDIR:-/tmp}/cproxy-spec.XXXXXX\"");
@@ -182,9 +183,22 @@ function M.start(opts)
 	for k, v in pairs(opts.env or {}) do
 		table.insert(env, ("%s=%q"):format(k, v));
 	end
-	local _, pid = shell(("cd %q && %s prosody -F --config %q >%q 2>&1 & echo $!"):format(
-		dir, table.concat(env, " "), self.config_path, dir .. "/console.log"));
-	self.pid = tonumber(pid:match("%d+"));
+	if opts.daemonize then
+		-- As operators start it: `prosodyctl start` runs `prosody -D`, which
+		-- forks once its modules are loaded (so do init scripts).
+		local ok, out = shell(("cd %q && %s prosodyctl --config %q start >%q 2>&1"):format(
+			dir, table.concat(env, " "), self.config_path, dir .. "/console.log"));
+		self.pid = tonumber(read_file(dir .. "/prosody.pid"):match("%d+"));
+		if not ok or not self.pid then
+			local tail = self:log_tail(40);
+			self:stop();
+			error("prosodyctl start failed: " .. tostring(out) .. "\n" .. tail, 2);
+		end
+	else
+		local _, pid = shell(("cd %q && %s prosody -F --config %q >%q 2>&1 & echo $!"):format(
+			dir, table.concat(env, " "), self.config_path, dir .. "/console.log"));
+		self.pid = tonumber(pid:match("%d+"));
+	end
 
 	local deadline = socket.gettime() + 15;
 	local waiting = opts.wait_ports or { "c2s" };

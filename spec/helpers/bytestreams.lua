@@ -1,0 +1,59 @@
+-- XEP-0065 from the clients' side, for specs that drive proxy65 in a real
+-- Prosody: accounts, log-in, activation requests and the whole negotiation.
+local xmpp = require "spec.helpers.xmpp_client";
+local s5 = require "spec.helpers.socks5_client";
+
+local M = {};
+
+M.xmlns = "http://jabber.org/protocol/bytestreams";
+
+-- Two accounts on "localhost", for prosody.start{ accounts = ... }.
+function M.accounts()
+	return { { "alice", "localhost", "alice-pw" }, { "bob", "localhost", "bob-pw" } };
+end
+
+function M.login(server, user)
+	return assert(xmpp.connect({ port = server.ports.c2s, domain = "localhost",
+		username = user, password = user .. "-pw", resource = "r" .. math.random(1e6) }));
+end
+
+function M.activation(sid, target_jid, to)
+	local query = xmpp.iq({ type = "set", to = to or "proxy.localhost" })
+		:tag("query", { xmlns = M.xmlns, sid = sid });
+	if target_jid then
+		query:tag("activate"):text(target_jid):up();
+	end
+	return query;
+end
+
+-- The type and condition of an error reply.
+function M.error_of(reply)
+	assert(reply.attr.type == "error", tostring(reply));
+	local err = reply:get_child("error");
+	local condition = err.tags[1] and err.tags[1].name;
+	return err.attr.type, condition;
+end
+
+-- Runs the XEP-0065 negotiation; returns target and initiator sockets,
+-- the sid and the hash. opts: mode (of socks5_client.connect), early
+-- (bytes pipelined behind the initiator's request), before_activation
+-- (function(target_sock, initiator_sock)), port.
+local sid_counter = 0;
+function M.open_stream(server, initiator, target, opts)
+	opts = opts or {};
+	sid_counter = sid_counter + 1;
+	local sid = "sid-" .. sid_counter .. "-" .. math.random(1e9);
+	local hash = s5.hash(sid, initiator.jid, target.jid);
+	local port = opts.port or server.ports.proxy65;
+	local t_sock = assert(s5.connect(port, hash, { mode = opts.mode }));
+	local i_sock = assert(s5.connect(port, hash,
+		{ mode = opts.early and "pipelined" or opts.mode, early = opts.early }));
+	if opts.before_activation then
+		opts.before_activation(t_sock, i_sock);
+	end
+	local reply = assert(initiator:request(M.activation(sid, target.jid), 10));
+	assert(reply.attr.type == "result", tostring(reply));
+	return t_sock, i_sock, sid, hash;
+end
+
+return M;
