@@ -1,6 +1,6 @@
 /*
  * cproxy.core: the C half of prosody-cproxy. This file only assembles the
- * module; each capability lives in its own file (socks5, engine, jat).
+ * module; each capability lives in its own file (socks5, engine, jat, fd).
  * SPDX-License-Identifier: MIT
  */
 #include "cproxy.h"
@@ -14,6 +14,7 @@ luaopen_cproxy_core(lua_State *L)
 	socks5_lua_open(L);
 	engine_lua_open(L);
 	jat_lua_open(L);
+	fd_lua_open(L);
 	lua_pushliteral(L, "0.1.0");
 	lua_setfield(L, -2, "version");
 	return 1;

@@ -11,6 +11,7 @@
 #define CPROXY_SOCKS5_MT "cproxy.socks5"
 #define CPROXY_ENGINE_MT "cproxy.engine"
 #define CPROXY_JAT_MT "cproxy.jat"
+#define CPROXY_FD_MT "cproxy.fd"
 
 /* Pushes nil, strerror(err), err and returns 3 (errors.c). */
 int errors_push(lua_State *L, int err);
@@ -19,5 +20,6 @@ int errors_push(lua_State *L, int err);
 void socks5_lua_open(lua_State *L);
 void engine_lua_open(lua_State *L);
 void jat_lua_open(lua_State *L);
+void fd_lua_open(lua_State *L);
 
 #endif

@@ -8,6 +8,7 @@ local cproxy = ...;
 local core = cproxy.core;
 
 local setmetatable, pairs, ipairs = setmetatable, pairs, ipairs;
+local concat = table.concat;
 
 local M = {};
 
@@ -33,10 +34,18 @@ end
 -- fd and any bytes LuaSocket had already buffered from it.
 local function detach(conn)
 	local sock = conn:socket();
-	local buffered = "";
-	if sock:dirty() then
-		local data, _, partial = sock:receive(8192);
-		buffered = data or partial or "";
+	-- One byte at a time: a receive of n bytes takes what LuaSocket holds
+	-- and then reads the kernel for the rest, buffering more than it
+	-- returns, and that surplus would be lost with the socket object. A
+	-- receive(1) from a non-empty buffer never reads the kernel, so this
+	-- empties LuaSocket's buffer (at most its 8 KiB) and nothing beyond.
+	local buffered = {};
+	while sock:dirty() do
+		local byte = sock:receive(1);
+		if not byte then
+			break;
+		end
+		buffered[#buffered + 1] = byte;
 	end
 	local fd = sock:getfd();
 	if conn.del then -- server_epoll: leave the poller while the fd is valid
@@ -45,7 +54,7 @@ local function detach(conn)
 		conn:pause();
 	end
 	sock:setfd(-1); -- neither LuaSocket nor the backend may close it now
-	return fd, buffered;
+	return fd, concat(buffered);
 end
 
 -- opts: activation_timeout (s), engine (options of core.engine),
@@ -107,9 +116,31 @@ function service_mt:drop(session)
 		self.pairs[session.hash] = nil;
 		local other = pair.target == session and pair.initiator or pair.target;
 		if other then
-			other.conn:close();
+			self:close_session(other);
 		end
 	end
+end
+
+-- Closes a connection not yet handed to the engine.
+function service_mt:close_session(session)
+	if session.parked then
+		session.parked:close();
+		self:drop(session);
+	else
+		session.conn:close(); -- net.server calls ondisconnect, which drops it
+	end
+end
+
+-- A client that half-closes right behind its handshake (request, data and
+-- FIN in one read) would have its socket closed by net.server, which sees
+-- the end of input. Take the socket away from it first, with the bytes
+-- read so far, and hold it until activation: the FIN stays queued in the
+-- kernel and the engine passes it on after those bytes.
+function service_mt:park(session)
+	local fd, buffered = detach(session.conn);
+	session.early = session.early .. buffered;
+	session.parked = core.own_fd(fd);
+	self.log("debug", "SOCKS5 client for %s half-closed before activation; holding its socket", session.hash);
 end
 
 function service_mt:request_done(session, parser)
@@ -151,7 +182,7 @@ function service_mt:make_listener()
 				session.timer = nil;
 				if self.sessions[conn] == session and not session.handed_over then
 					self.log("debug", "Closing a SOCKS5 connection not activated within %ds", self.activation_timeout);
-					conn:close();
+					self:close_session(session);
 				end
 			end);
 		end
@@ -162,10 +193,15 @@ function service_mt:make_listener()
 		session_for(conn);
 	end
 
-	function listener.onincoming(conn, data)
+	-- err is "closed" when these are the last bytes before the peer's FIN
+	-- (server_epoll; server_select drops such bytes and never calls this).
+	function listener.onincoming(conn, data, err)
 		local session = session_for(conn);
 		if session.hash then -- past the handshake (a backend may still read once)
 			session.early = session.early .. data;
+			if err == "closed" and not session.parked and self.sessions[conn] == session then
+				self:park(session);
+			end
 			return;
 		end
 		local parser = session.parser;
@@ -176,21 +212,24 @@ function service_mt:make_listener()
 			conn:close();
 			return;
 		end
-		local ok, err = send_now(conn, reply);
-		if not ok then
-			self.log("debug", "Could not send the SOCKS5 reply: %s", err);
+		local sent, send_err = send_now(conn, reply);
+		if not sent then
+			self.log("debug", "Could not send the SOCKS5 reply: %s", send_err);
 			conn:close();
 			return;
 		end
 		if state == "done" then
 			session.early = data:sub(used + 1);
 			self:request_done(session, parser);
+			if err == "closed" and session.hash and self.sessions[conn] == session then
+				self:park(session);
+			end
 		end
 	end
 
 	function listener.ondisconnect(conn)
 		local session = self.sessions[conn];
-		if session and not session.handed_over then
+		if session and not session.handed_over and not session.parked then
 			self:drop(session);
 		end
 	end
@@ -198,6 +237,16 @@ function service_mt:make_listener()
 	listener.ondetach = listener.ondisconnect;
 
 	return listener;
+end
+
+-- The fd of a session for the engine, and the bytes buffered with it.
+local function take_fd(session)
+	if session.parked then
+		return session.parked:release(), "";
+	end
+	local fd, buffered = detach(session.conn);
+	session.conn:close(); -- the socket object only: its fd is no longer its own
+	return fd, buffered;
 end
 
 -- XEP-0065 activation of the pair with this hash.
@@ -223,10 +272,8 @@ function service_mt:activate(hash)
 		end
 		self.sessions[session.conn] = nil;
 	end
-	local target_fd, target_buffered = detach(target.conn);
-	local initiator_fd, initiator_buffered = detach(initiator.conn);
-	target.conn:close();
-	initiator.conn:close();
+	local target_fd, target_buffered = take_fd(target);
+	local initiator_fd, initiator_buffered = take_fd(initiator);
 	local id, err = self.engine:add(target_fd, initiator_fd,
 		target.early .. target_buffered, initiator.early .. initiator_buffered);
 	if not id then
@@ -254,9 +301,14 @@ function service_mt:close()
 		self.watcher:close();
 		self.watcher = nil;
 	end
-	for conn in pairs(self.sessions) do
-		conn:close();
+	for _, session in pairs(self.sessions) do
+		if session.parked then
+			session.parked:close();
+		else
+			session.conn:close();
+		end
 	end
+	self.sessions = {};
 	self.engine:close();
 	self.pairs, self.relays = {}, {};
 end

@@ -36,7 +36,8 @@ end
 
 -- Runs the XEP-0065 negotiation; returns target and initiator sockets,
 -- the sid and the hash. opts: mode (of socks5_client.connect), early
--- (bytes pipelined behind the initiator's request), before_activation
+-- (bytes pipelined behind the initiator's request), connect (the
+-- initiator's options for socks5_client.connect), before_activation
 -- (function(target_sock, initiator_sock)), port.
 local sid_counter = 0;
 function M.open_stream(server, initiator, target, opts)
@@ -46,8 +47,9 @@ function M.open_stream(server, initiator, target, opts)
 	local hash = s5.hash(sid, initiator.jid, target.jid);
 	local port = opts.port or server.ports.proxy65;
 	local t_sock = assert(s5.connect(port, hash, { mode = opts.mode }));
-	local i_sock = assert(s5.connect(port, hash,
-		{ mode = opts.early and "pipelined" or opts.mode, early = opts.early }));
+	local connect = opts.connect or { early = opts.early };
+	connect.mode = connect.early and "pipelined" or opts.mode;
+	local i_sock = assert(s5.connect(port, hash, connect));
 	if opts.before_activation then
 		opts.before_activation(t_sock, i_sock);
 	end

@@ -91,6 +91,17 @@ function handle_mt:cpu_seconds()
 	return ticks / self.clk_tck;
 end
 
+-- Open fds of the Prosody process.
+function handle_mt:fd_count()
+	local h = io.popen("ls /proc/" .. self.pid .. "/fd 2>/dev/null");
+	local n = 0;
+	for _ in h:lines() do
+		n = n + 1;
+	end
+	h:close();
+	return n;
+end
+
 function handle_mt:stop()
 	if self.stopped then
 		return;

@@ -33,8 +33,11 @@ local function receive_exactly(sock, n)
 end
 
 -- Connects and negotiates. opts.mode: "steps" (greeting, wait, request,
--- wait: what the built-in needs), "pipelined" (both in one segment),
--- "bytewise" (one byte per send). Returns the socket, or nil, err, reply.
+-- wait: what the built-in needs), "pipelined" (both in one write, with
+-- opts.early behind them), "bytewise" (one byte per send). With
+-- opts.shutdown, a pipelined write is followed at once by a FIN.
+-- Returns the socket, or nil, err, reply. Of opts.early, what the kernel
+-- would not take without blocking is left in opts.unsent.
 function M.connect(port, hash, opts)
 	opts = opts or {};
 	local sock = socket.tcp();
@@ -46,7 +49,21 @@ function M.connect(port, hash, opts)
 	local request = opts.request or M.request(hash);
 	local mode = opts.mode or "steps";
 	if mode == "pipelined" then
-		sock:send(GREETING .. request .. (opts.early or ""));
+		local all = GREETING .. request .. (opts.early or "");
+		-- The proxy reads no stream byte before activation, so a large
+		-- write cannot complete here: send what fits, keep the rest.
+		sock:settimeout(0);
+		local n, _, partial = sock:send(all);
+		n = n or partial;
+		sock:settimeout(opts.timeout or 5);
+		if n < #GREETING + #request then
+			n = assert(sock:send(all, n + 1, #GREETING + #request));
+		end
+		opts.unsent = all:sub(n + 1);
+		if opts.shutdown then
+			assert(opts.unsent == "", "the early bytes did not fit in one write");
+			sock:shutdown("send");
+		end
 	elseif mode == "bytewise" then
 		local all = GREETING .. request;
 		for i = 1, #all do
