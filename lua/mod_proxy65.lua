@@ -12,6 +12,7 @@ module:set_global();
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local cproxy = dofile(here .. "/cproxy/boot.lua")(here);
 local proxy65 = cproxy.require("proxy65");
+local options = cproxy.require("options");
 module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";
@@ -23,22 +24,20 @@ local portmanager = require "core.portmanager";
 
 local xmlns_bytestreams = "http://jabber.org/protocol/bytestreams";
 
-local function clamp(value, min, max)
-	return math.max(min, math.min(max, value));
-end
+local MiB = 1024 * 1024;
 
--- 0.12's get_option_number ignores its bounds, so clamp here.
-local activation_timeout = clamp(module:get_option_number("proxy65_activation_timeout", 60), 1, 86400);
-local engine_options = {
-	mode = module:get_option_string("proxy65_relay_mode", "splice");
-	buffer_size = math.floor(clamp(module:get_option_number("proxy65_buffer_size", 4 * 1024 * 1024), 4096, 256 * 1024 * 1024));
-	idle_timeout = math.floor(clamp(module:get_option_number("proxy65_idle_timeout", 300), 0, 86400 * 7));
-	sockbuf = math.floor(clamp(module:get_option_number("proxy65_socket_buffer", 0), 0, 64 * 1024 * 1024));
+-- Read once for the whole server (this module is global).
+local global_options = {
+	"proxy65_activation_timeout", "proxy65_relay_mode", "proxy65_buffer_size",
+	"proxy65_idle_timeout", "proxy65_socket_buffer",
 };
-if engine_options.mode ~= "copy" and engine_options.mode ~= "splice" then
-	module:log("error", "proxy65_relay_mode must be \"splice\" or \"copy\", not %q; using \"splice\"", engine_options.mode);
-	engine_options.mode = "splice";
-end
+local activation_timeout = options.number(module, "proxy65_activation_timeout", 60, 1, 86400);
+local engine_options = {
+	mode = options.choice(module, "proxy65_relay_mode", "splice", { "splice", "copy" });
+	buffer_size = options.number(module, "proxy65_buffer_size", 4 * MiB, 4096, 256 * MiB, true);
+	idle_timeout = options.number(module, "proxy65_idle_timeout", 300, 0, 86400 * 7, true);
+	sockbuf = options.number(module, "proxy65_socket_buffer", 0, 0, 64 * MiB, true);
+};
 
 local measure_relays = module:measure("relays", "counter");
 local measure_bytes = module:measure("bytes", "counter");
@@ -56,7 +55,12 @@ end
 local shared = module:shared("service");
 local service = shared.service;
 if service then
-	service:configure({ activation_timeout = activation_timeout, log = log, on_finished = on_finished });
+	-- A reload: new settings apply to what comes next (see engine:configure).
+	local ok, err = service:configure({ activation_timeout = activation_timeout, engine = engine_options,
+		log = log, on_finished = on_finished });
+	if not ok then
+		module:log("error", "Could not apply the new relay settings, the old ones stay: %s", err);
+	end
 else
 	local err;
 	service, err = proxy65.new({
@@ -105,6 +109,7 @@ function module.add_host(module)
 			.. module.host .. "\" \"proxy65\", not on the VirtualHost " .. module.host, 0);
 	end
 
+	options.warn_host_level(module, global_options);
 	local host = module:get_host();
 	local name = module:get_option_string("name", "SOCKS5 Bytestreams Service");
 	local proxy_address = module:get_option_string("proxy65_address", host);

@@ -68,6 +68,9 @@ struct engine {
 
 	pthread_mutex_t lock;	/* guards the fields down to `stats` */
 	struct entry *incoming;
+	struct relay_buffer next_buf;	/* from engine_configure, for the thread */
+	int next_idle_timeout_ms;
+	int reconfigure;	/* the two above are waiting to be taken */
 	struct engine_result *done;
 	size_t done_len, done_cap;
 	int stopping;
@@ -201,11 +204,23 @@ take_incoming(struct engine *e)
 	struct entry *list;
 	int stopping;
 
+	struct relay_buffer old = { NULL, 0 };
+
 	pthread_mutex_lock(&e->lock);
 	list = e->incoming;
 	e->incoming = NULL;
 	stopping = e->stopping;
+	if (e->reconfigure) {
+		e->cfg.idle_timeout_ms = e->next_idle_timeout_ms;
+		if (e->next_buf.data) {
+			old = e->buf;
+			e->buf = e->next_buf;
+			e->next_buf.data = NULL;
+		}
+		e->reconfigure = 0;
+	}
 	pthread_mutex_unlock(&e->lock);
+	free(old.data);
 	while (list) {
 		struct entry *en = list;
 		list = list->next;
@@ -458,6 +473,45 @@ fail:
 }
 
 int
+engine_configure(struct engine *e, const struct engine_config *cfg)
+{
+	struct relay_buffer buf = { NULL, 0 };
+	int err;
+
+	if ((err = check_process(e))) {
+		return err;
+	}
+	if (cfg->buffer_size != e->cfg.buffer_size) {
+		buf.size = cfg->buffer_size;
+		buf.data = malloc(buf.size);
+		if (buf.data == NULL) {
+			return ENOMEM;
+		}
+	}
+	/* Read by engine_add only, on this (the owner's) thread. */
+	e->cfg.mode = cfg->mode;
+	e->cfg.sockbuf = cfg->sockbuf;
+	e->cfg.buffer_size = cfg->buffer_size;
+	if (!e->thread_started) {
+		e->cfg.idle_timeout_ms = cfg->idle_timeout_ms;
+		if (buf.data) {
+			free(e->buf.data);
+			e->buf = buf;
+		}
+		return 0;
+	}
+	/* The thread's own settings change between two of its turns. */
+	pthread_mutex_lock(&e->lock);
+	free(e->next_buf.data);
+	e->next_buf = buf;
+	e->next_idle_timeout_ms = cfg->idle_timeout_ms;
+	e->reconfigure = 1;
+	pthread_mutex_unlock(&e->lock);
+	signal_fd(e->wakefd);
+	return 0;
+}
+
+int
 engine_notify_fd(const struct engine *e)
 {
 	return e->notifyfd;
@@ -572,6 +626,7 @@ engine_free(struct engine *e)
 	fd_close(&e->notifyfd);
 	free(e->done);
 	free(e->buf.data);
+	free(e->next_buf.data);
 	pthread_mutex_destroy(&e->lock);
 	free(e);
 }

@@ -40,6 +40,13 @@ struct engine;
 /* Returns NULL with *err set to an errno value on failure. */
 struct engine *engine_new(const struct engine_config *cfg, int *err);
 
+/*
+ * Change the settings for what comes next: mode and socket buffers apply
+ * to relays added from now on; the idle timeout and the copy buffer to all
+ * relays, from the thread's next turn. Returns 0 or an errno value.
+ */
+int engine_configure(struct engine *e, const struct engine_config *cfg);
+
 /* Readable (eventfd) when engine_reap() has results. */
 int engine_notify_fd(const struct engine *e);
 

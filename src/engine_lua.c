@@ -50,6 +50,28 @@ opt_field(lua_State *L, int t, const char *name, lua_Integer def, lua_Integer mi
 	return v;
 }
 
+/* Reads the options table at index t (or defaults, when it is absent). */
+static void
+check_config(lua_State *L, int t, struct engine_config *cfg)
+{
+	static const char *const modes[] = { "copy", "splice", NULL };	/* enum relay_mode */
+
+	memset(cfg, 0, sizeof(*cfg));
+	if (lua_isnoneornil(L, t)) {
+		cfg->buffer_size = 4 << 20;
+		cfg->mode = RELAY_SPLICE;
+		return;
+	}
+	luaL_checktype(L, t, LUA_TTABLE);
+	cfg->buffer_size = (size_t)opt_field(L, t, "buffer_size", 4 << 20, 4096, 1 << 30);
+	/* In ms the bound must fit an int: 24 days is the most an int holds. */
+	cfg->idle_timeout_ms = (int)opt_field(L, t, "idle_timeout", 0, 0, 86400 * 24) * 1000;
+	cfg->sockbuf = (int)opt_field(L, t, "sockbuf", 0, 0, 1 << 30);
+	lua_getfield(L, t, "mode");
+	cfg->mode = (enum relay_mode)luaL_checkoption(L, -1, "splice", modes);
+	lua_pop(L, 1);
+}
+
 /*
  * engine{ buffer_size=, mode="splice"|"copy", idle_timeout=seconds, sockbuf= }
  *   -> engine | nil, err, errno
@@ -57,24 +79,11 @@ opt_field(lua_State *L, int t, const char *name, lua_Integer def, lua_Integer mi
 static int
 l_new(lua_State *L)
 {
-	static const char *const modes[] = { "copy", "splice", NULL };	/* enum relay_mode */
 	struct engine_config cfg;
 	struct engine_ud *ud;
 	int err;
 
-	memset(&cfg, 0, sizeof(cfg));
-	if (!lua_isnoneornil(L, 1)) {
-		luaL_checktype(L, 1, LUA_TTABLE);
-		cfg.buffer_size = (size_t)opt_field(L, 1, "buffer_size", 4 << 20, 4096, 1 << 30);
-		cfg.idle_timeout_ms = (int)opt_field(L, 1, "idle_timeout", 0, 0, 86400 * 365) * 1000;
-		cfg.sockbuf = (int)opt_field(L, 1, "sockbuf", 0, 0, 1 << 30);
-		lua_getfield(L, 1, "mode");
-		cfg.mode = (enum relay_mode)luaL_checkoption(L, -1, "splice", modes);
-		lua_pop(L, 1);
-	} else {
-		cfg.buffer_size = 4 << 20;
-		cfg.mode = RELAY_SPLICE;
-	}
+	check_config(L, 1, &cfg);
 	ud = lua_newuserdatauv(L, sizeof(*ud), 0);
 	ud->engine = NULL;
 	ud->next_id = 1;
@@ -83,6 +92,26 @@ l_new(lua_State *L)
 	if (ud->engine == NULL) {
 		return errors_push(L, err);
 	}
+	return 1;
+}
+
+/*
+ * (engine, { buffer_size=, mode=, idle_timeout=, sockbuf= }) -> true | nil, err, errno
+ * The same options as engine{}; see engine_configure() for when each applies.
+ */
+static int
+l_configure(lua_State *L)
+{
+	struct engine *e = check_engine(L);
+	struct engine_config cfg;
+	int err;
+
+	luaL_checktype(L, 2, LUA_TTABLE);
+	check_config(L, 2, &cfg);
+	if ((err = engine_configure(e, &cfg))) {
+		return errors_push(L, err);
+	}
+	lua_pushboolean(L, 1);
 	return 1;
 }
 
@@ -214,6 +243,7 @@ engine_lua_open(lua_State *L)
 	static const luaL_Reg methods[] = {
 		{ "getfd", l_getfd },
 		{ "add", l_add },
+		{ "configure", l_configure },
 		{ "reap", l_reap },
 		{ "stats", l_stats },
 		{ "close", l_close },

@@ -14,6 +14,15 @@ local M = {};
 local function show(value)
 	if type(value) == "string" then
 		return ("%q"):format(value);
+	elseif type(value) == "table" then -- a list, as written in the config
+		local items = {};
+		for i = 1, math.min(#value, 4) do
+			items[i] = show(value[i]);
+		end
+		if #value > 4 then
+			items[#items + 1] = "...";
+		end
+		return "{ " .. concat(items, ", ") .. " }";
 	end
 	return tostring(value);
 end

@@ -83,10 +83,16 @@ function M.new(opts)
 	return self;
 end
 
+-- Takes the same options as new(). Returns true, or nil, err, errno when
+-- the engine's could not be applied (the rest are).
 function service_mt:configure(opts)
 	self.activation_timeout = opts.activation_timeout or self.activation_timeout;
 	self.on_finished = opts.on_finished or self.on_finished;
 	self.log = opts.log or self.log;
+	if opts.engine then
+		return self.engine:configure(opts.engine);
+	end
+	return true;
 end
 
 -- Relays that ended: their hashes may be used again.
@@ -190,12 +196,22 @@ function service_mt:make_listener()
 	end
 
 	function listener.onconnect(conn)
-		session_for(conn);
+		if not conn:ssl() then
+			session_for(conn);
+		end
 	end
 
 	-- err is "closed" when these are the last bytes before the peer's FIN
 	-- (server_epoll; server_select drops such bytes and never calls this).
 	function listener.onincoming(conn, data, err)
+		if not self.sessions[conn] and conn:ssl() then
+			-- mod_net_multiplex matches the same pattern on its TLS ports.
+			-- The relay moves raw bytes between fds: inside TLS they would
+			-- be ciphertext, so SOCKS5 is only spoken in the clear.
+			self.log("debug", "Refusing SOCKS5 over TLS from %s", conn:ip());
+			conn:close();
+			return;
+		end
 		local session = session_for(conn);
 		if session.hash then -- past the handshake (a backend may still read once)
 			session.early = session.early .. data;

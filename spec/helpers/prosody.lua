@@ -91,6 +91,25 @@ function handle_mt:cpu_seconds()
 	return ticks / self.clk_tck;
 end
 
+-- Runs `prosodyctl shell` commands (needs the admin_shell module and
+-- admin_socket, see start's opts.admin). Returns ok, output.
+function handle_mt:shell(command)
+	return shell(("timeout 20 prosodyctl --config %q shell %q"):format(self.config_path, command));
+end
+
+local function write_config(self)
+	local f = assert(io.open(self.config_path, "w"));
+	f:write(table.concat(self.config_global, "\n"), "\n\n", self.config_hosts, "\n");
+	f:close();
+end
+
+-- Adds lines to the config's global section (later assignments win);
+-- Prosody sees them at its next config reload.
+function handle_mt:add_global(text)
+	table.insert(self.config_global, text);
+	write_config(self);
+end
+
 -- Open fds of the Prosody process.
 function handle_mt:fd_count()
 	local h = io.popen("ls /proc/" .. self.pid .. "/fd 2>/dev/null");
@@ -134,7 +153,7 @@ end
 
 -- opts: plugin_paths, global, hosts, accounts, backend, log_level,
 -- wait_ports, expect_failure, env, daemonize (start with `prosodyctl start`
--- instead of `prosody -F`).
+-- instead of `prosody -F`), admin (enable `prosodyctl shell`).
 function M.start(opts)
 	opts = opts or {};
 	local _, dir = shell("mktemp -d \"${TMPDIR:-/tmp}/cproxy-spec.XXXXXX\"");
@@ -173,13 +192,15 @@ function M.start(opts)
 	if is_root() then
 		table.insert(config, "run_as_root = true");
 	end
+	if opts.admin then
+		table.insert(config, "modules_enabled = { \"roster\", \"saslauth\", \"disco\", \"ping\", \"admin_shell\" }");
+		table.insert(config, ("admin_socket = %q"):format(dir .. "/admin.sock"));
+	end
 	table.insert(config, opts.global or "");
-	table.insert(config, "");
-	table.insert(config, opts.hosts or "VirtualHost \"localhost\"");
+	self.config_global = config;
+	self.config_hosts = opts.hosts or "VirtualHost \"localhost\"";
 	self.config_path = dir .. "/prosody.cfg.lua";
-	local f = assert(io.open(self.config_path, "w"));
-	f:write(table.concat(config, "\n"), "\n");
-	f:close();
+	write_config(self);
 
 	for _, account in ipairs(opts.accounts or {}) do
 		local ok, out = shell(("prosodyctl --config %q register %q %q %q"):format(

@@ -1,0 +1,122 @@
+-- proxy65's options as operators get them wrong, and as they change them:
+-- a bad value costs one clear log line and the default, never the module;
+-- a reload applies new relay settings (#16).
+local socket = require "socket";
+local prosody = require "spec.helpers.prosody";
+local s5 = require "spec.helpers.socks5_client";
+local bs = require "spec.helpers.bytestreams";
+
+local hosts = [[
+VirtualHost "localhost"
+
+Component "proxy.localhost" "proxy65"
+	proxy65_idle_timeout = 5
+]];
+
+-- True when `sock` sees the proxy close it within `timeout` seconds.
+local function closed_within(sock, timeout)
+	sock:settimeout(timeout);
+	local _, err = sock:receive(1);
+	return err == "closed";
+end
+
+local function transfer_works(server, alice, bob)
+	local t_sock, i_sock = bs.open_stream(server, alice, bob);
+	local data = s5.random_bytes(200001, 3);
+	local got = s5.run({ { from = i_sock, to = t_sock, data = data } });
+	t_sock:close(); i_sock:close();
+	return s5.sha256(data) == s5.sha256(got[1]);
+end
+
+describe("mod_proxy65 with wrong-typed options #integration", function ()
+	local server, alice, bob;
+
+	setup(function ()
+		server = prosody.start({
+			hosts = hosts;
+			accounts = bs.accounts();
+			global = table.concat({
+				"proxy65_activation_timeout = \"1m\"";
+				"proxy65_idle_timeout = \"5m\"";
+				"proxy65_buffer_size = \"4 MiB\"";
+				"proxy65_socket_buffer = { 65536, 131072 }";
+				"proxy65_relay_mode = \"fast\"";
+			}, "\n");
+			wait_ports = { "c2s", "proxy65" };
+		});
+		alice = bs.login(server, "alice");
+		bob = bs.login(server, "bob");
+	end);
+
+	teardown(function ()
+		if alice then alice:close(); end
+		if bob then bob:close(); end
+		if server then server:stop(); end
+	end);
+
+	for option, shown in pairs({
+		proxy65_activation_timeout = "\"1m\"";
+		proxy65_idle_timeout = "\"5m\"";
+		proxy65_buffer_size = "\"4 MiB\"";
+		proxy65_socket_buffer = "{ 65536, 131072 }";
+		proxy65_relay_mode = "\"fast\"";
+	}) do
+		it("logs one error naming " .. option .. ", its value and what is expected", function ()
+			local line = server:log():match("\terror\tConfig option '" .. option .. "' = ([^\n]*)");
+			assert.truthy(line, "no error line for " .. option);
+			assert.equal(shown, line:sub(1, #shown));
+			assert.truthy(line:match("expected .*; using"), line);
+		end);
+	end
+
+	it("warns that a global option under a Component has no effect", function ()
+		assert.truthy(server:log():match("Config option 'proxy65_idle_timeout' under proxy.localhost is ignored"));
+	end);
+
+	it("still relays, with the defaults", function ()
+		assert.is_true(transfer_works(server, alice, bob));
+	end);
+end);
+
+describe("mod_proxy65 reloaded with new options #integration", function ()
+	local server, alice, bob;
+
+	setup(function ()
+		server = prosody.start({
+			hosts = "VirtualHost \"localhost\"\nComponent \"proxy.localhost\" \"proxy65\"";
+			accounts = bs.accounts();
+			admin = true;
+			global = "proxy65_idle_timeout = 300";
+			wait_ports = { "c2s", "proxy65" };
+		});
+		alice = bs.login(server, "alice");
+		bob = bs.login(server, "bob");
+	end);
+
+	teardown(function ()
+		if alice then alice:close(); end
+		if bob then bob:close(); end
+		if server then server:stop(); end
+	end);
+
+	it("applies a new idle timeout, relay mode and buffer sizes to the relays after it", function ()
+		local old_t, old_i = bs.open_stream(server, alice, bob);
+		assert.equal("x", s5.run({ { from = old_i, to = old_t, data = "x", finish = "keep" } })[1]);
+		server:add_global(table.concat({
+			"proxy65_idle_timeout = 1";
+			"proxy65_relay_mode = \"copy\"";
+			"proxy65_buffer_size = 65536";
+			"proxy65_socket_buffer = 262144";
+		}, "\n"));
+		assert.truthy(server:shell("config:reload()"));
+		local ok, out = server:shell("module:reload(\"proxy65\")");
+		assert.truthy(ok and out:match("OK"), out);
+		-- The relay from before the reload is idle too: it goes as well.
+		assert.is_true(closed_within(old_t, 10));
+		local t_sock, i_sock = bs.open_stream(server, alice, bob);
+		assert.is_true(closed_within(t_sock, 10));
+		t_sock:close(); i_sock:close(); old_t:close(); old_i:close();
+		assert.is_true(transfer_works(server, alice, bob));
+		assert.is_nil(server:log():match("Could not apply"));
+	end);
+end);
