@@ -110,6 +110,30 @@ for _, mode in ipairs({ "copy", "splice" }) do
 			b:close();
 		end);
 
+		-- Copy mode used to drop the count of a partial send (a slow but
+		-- moving transfer then looked idle).
+		it("counts the bytes of partial sends, so a slow transfer is not idle", function ()
+			local slow = assert(core.engine({ mode = mode, buffer_size = 65536,
+				idle_timeout = 1, sockbuf = 32768 }));
+			local a, b, id = relayed_pair(slow);
+			-- Small buffers: sends are partial, and the kernel holds well
+			-- under the idle timeout's worth of bytes past the relay.
+			b:setoption("recv-buffer-size", 32768);
+			local data = s5.random_bytes(1048576 + 5, 4);
+			local got, err = s5.run_paced(a, b, data, 400 * 1024, 30);
+			assert.is_nil(err);
+			assert.equal(s5.sha256(data), s5.sha256(got));
+			b:close();
+			local results = await_results(slow, 1);
+			slow:close();
+			a:close();
+			assert.equal(1, #results);
+			assert.equal(id, results[1].id);
+			assert.is_false(results[1].timed_out);
+			assert.equal(#data, results[1].target_bytes);
+			assert.equal(0, results[1].initiator_bytes);
+		end);
+
 		it("counts relays in its stats", function ()
 			local a, b = relayed_pair(engine);
 			assert.equal(1, engine:stats().active);
