@@ -20,9 +20,9 @@ local function relayed_pair(engine, early_a, early_b)
 	return a, b, id;
 end
 
-local function await_results(engine, n)
+local function await_results(engine, n, timeout)
 	local results = {};
-	local deadline = socket.gettime() + 10;
+	local deadline = socket.gettime() + (timeout or 10);
 	while #results < n and socket.gettime() < deadline do
 		socket.select({ engine }, nil, 0.2);
 		for _, r in ipairs(engine:reap()) do
@@ -108,6 +108,85 @@ for _, mode in ipairs({ "copy", "splice" }) do
 			assert.truthy(results[1].error);
 			assert.equal("target", results[1].failed);
 			b:close();
+		end);
+
+		-- A reset used to be lost when the reset side's pump waited to read:
+		-- it then read EOF, passed it on as a clean end and left the relay
+		-- half-open. A truncated stream must not look complete.
+		describe("on a reset", function ()
+			local function reset(sock)
+				sock:setoption("linger", { on = true, timeout = 0 });
+				sock:close();
+			end
+
+			-- A message each way: both pumps then wait to read.
+			local function settle(a, b)
+				a:settimeout(2);
+				b:settimeout(2);
+				assert(a:send("ping"));
+				assert.equal("ping", b:receive(4));
+				assert(b:send("pong"));
+				assert.equal("pong", a:receive(4));
+			end
+
+			local function assert_failed(side)
+				local results = await_results(engine, 1, 2);
+				assert.equal(1, #results);
+				assert.truthy(results[1].error); -- ECONNRESET, or EPIPE once it sent FIN
+				assert.equal(side, results[1].failed);
+				return results[1];
+			end
+
+			it("resets the initiator when the target resets while both wait to read", function ()
+				local a, b = relayed_pair(engine);
+				settle(a, b);
+				reset(a);
+				assert.equal("reset", (s5.await_end(b, 2)));
+				local result = assert_failed("target");
+				assert.equal(4, result.target_bytes);
+				assert.equal(4, result.initiator_bytes);
+				b:close();
+			end);
+
+			it("resets the target when the initiator resets while both wait to read", function ()
+				local a, b = relayed_pair(engine);
+				settle(a, b);
+				reset(b);
+				assert.equal("reset", (s5.await_end(a, 2)));
+				assert_failed("initiator");
+				a:close();
+			end);
+
+			it("resets the initiator when the target resets after the initiator's half-close", function ()
+				local a, b = relayed_pair(engine);
+				b:send("file");
+				b:shutdown("send");
+				a:settimeout(2);
+				assert.equal("file", (a:receive("*a")));
+				reset(a);
+				assert.equal("reset", (s5.await_end(b, 2)));
+				assert_failed("target");
+				b:close();
+			end);
+
+			it("resets the initiator when the target resets after its own half-close", function ()
+				local a, b = relayed_pair(engine);
+				a:send("done");
+				a:shutdown("send");
+				b:settimeout(2);
+				assert.equal("done", (b:receive("*a")));
+				reset(a);
+				assert_failed("target");
+				-- b has read its EOF already: the reset shows on sending.
+				local err;
+				local deadline = socket.gettime() + 2;
+				repeat
+					socket.sleep(0.01);
+					_, err = b:send("more");
+				until err or socket.gettime() > deadline;
+				assert.truthy(err == "connection reset by peer" or err == "closed", err);
+				b:close();
+			end);
 		end);
 
 		-- Copy mode used to drop the count of a partial send (a slow but

@@ -1,5 +1,5 @@
 -- The relay of mod_proxy65 through a real Prosody, under both relay modes:
--- slow receivers and the byte counts of each ended relay.
+-- resets, slow receivers and the byte counts of each ended relay.
 -- Negotiation and activation errors are in mod_proxy65_spec.lua.
 local socket = require "socket";
 local prosody = require "spec.helpers.prosody";
@@ -44,6 +44,11 @@ local function relay_end(server, hash)
 	return tonumber(from_target), tonumber(from_initiator), rest:match("%((.*)%)");
 end
 
+local function reset(sock)
+	sock:setoption("linger", { on = true, timeout = 0 });
+	sock:close();
+end
+
 for _, mode in ipairs({ "copy", "splice" }) do
 	describe("mod_proxy65 relay in " .. mode .. " mode #integration", function ()
 		local server, alice, bob;
@@ -66,6 +71,41 @@ for _, mode in ipairs({ "copy", "splice" }) do
 			if alice then alice:close(); end
 			if bob then bob:close(); end
 			if server then server:stop(); end
+		end);
+
+		-- A reset used to be lost when the reset side's pump waited to read:
+		-- the relay passed it on as a clean EOF and stayed half-open.
+		it("resets the initiator when the target resets while both wait to read", function ()
+			local t_sock, i_sock, hash = open_stream(server, alice, bob);
+			t_sock:settimeout(5);
+			i_sock:settimeout(5);
+			assert(i_sock:send("ping"));
+			assert.equal("ping", t_sock:receive(4));
+			assert(t_sock:send("pong"));
+			assert.equal("pong", i_sock:receive(4));
+			reset(t_sock);
+			assert.equal("reset", (s5.await_end(i_sock, 2)));
+			i_sock:close();
+			local from_target, from_initiator, relay_err = relay_end(server, hash);
+			assert.equal(4, from_target);
+			assert.equal(4, from_initiator);
+			assert.equal("Connection reset by peer", relay_err);
+		end);
+
+		it("resets the target when the initiator resets partway through a file", function ()
+			local t_sock, i_sock, hash = open_stream(server, alice, bob);
+			local part = s5.random_bytes(64 * KiB, 5);
+			assert(i_sock:send(part));
+			t_sock:settimeout(5);
+			assert.equal(s5.sha256(part), s5.sha256(assert(t_sock:receive(#part))));
+			reset(i_sock);
+			-- Not a clean EOF: the target must not take the part for the file.
+			assert.equal("reset", (s5.await_end(t_sock, 2)));
+			t_sock:close();
+			local from_target, from_initiator, relay_err = relay_end(server, hash);
+			assert.equal(0, from_target);
+			assert.equal(#part, from_initiator);
+			assert.equal("Connection reset by peer", relay_err);
 		end);
 
 		-- Copy mode used to drop the count of a partial send, so a slow but

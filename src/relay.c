@@ -11,7 +11,10 @@
  *
  * EOF on a source: the bytes already taken are delivered, then the
  * destination gets shutdown(SHUT_WR). A relay ends when both directions
- * have ended, or at the first socket error.
+ * have ended, or at the first socket error, such as a reset of either
+ * side. A clean end closes each socket with FIN after its queued bytes;
+ * an error resets both, so the surviving peer does not take a truncated
+ * stream for a complete one.
  * SPDX-License-Identifier: MIT
  */
 #define _GNU_SOURCE
@@ -344,11 +347,16 @@ relay_event(struct relay *r, int side, uint32_t events)
 			r->dir[1 - side].ready = 1;
 		}
 	}
-	/* A reset socket with no direction waiting on it: fail it now. */
+	/*
+	 * A socket error (mostly a reset) ends the relay now, whatever its
+	 * pumps wait for. Reading SO_ERROR clears it, so it is recorded here
+	 * or lost: a reset socket whose error is gone reads as a clean EOF,
+	 * which would pass a truncated stream off as complete and leave the
+	 * relay half-open.
+	 */
 	if ((events & EPOLLERR) && r->error == 0) {
 		int err = fd_socket_error(r->fd[side]);
-		if (err && r->dir[side].state == PUMP_DONE
-		    && r->dir[1 - side].state != PUMP_WANT_WRITE) {
+		if (err) {
 			fail(r, side, err);
 		}
 	}
@@ -377,7 +385,15 @@ void
 relay_close(struct relay *r, struct relay_buffer *buf)
 {
 	for (int side = 0; side < 2; side++) {
-		if (r->fd[side] >= 0) {
+		if (r->fd[side] >= 0 && r->error != 0) {
+			/*
+			 * The stream broke: reset both sides, so that a peer
+			 * learns the stream was aborted rather than take what it
+			 * got so far for all of it. Bytes still queued for it are
+			 * dropped on purpose.
+			 */
+			fd_abort(&r->fd[side]);
+		} else if (r->fd[side] >= 0) {
 			/*
 			 * close() with unread input makes Linux send a reset,
 			 * which can destroy bytes still queued for the peer.

@@ -218,6 +218,34 @@ function M.run_paced(from, to, data, rate, timeout)
 	error(("paced transfer timed out: %d of %d bytes sent, %d received"):format(sent, #data, got));
 end
 
+-- Reads sock until its stream ends, for up to `timeout` seconds. Returns
+-- how it ended, "reset" or "closed" (a clean EOF) or "timeout", and the
+-- bytes read until then. LuaSocket reports a reset as "closed" once recv()
+-- has taken the error, so the pending error (SO_ERROR) is checked first,
+-- each time the socket turns readable.
+function M.await_end(sock, timeout)
+	local deadline = socket.gettime() + (timeout or 2);
+	local parts = {};
+	sock:settimeout(0);
+	while socket.gettime() < deadline do
+		local readable = socket.select({ sock }, nil, math.max(0, deadline - socket.gettime()));
+		if readable and readable[1] then
+			if sock:getoption("error") then
+				return "reset", table.concat(parts);
+			end
+			local data, err, partial = sock:receive(65536);
+			data = data or partial;
+			if data and #data > 0 then
+				table.insert(parts, data);
+			end
+			if err == "closed" then
+				return "closed", table.concat(parts);
+			end
+		end
+	end
+	return "timeout", table.concat(parts);
+end
+
 -- Deterministic pseudo-random bytes, fast enough for tens of MiB.
 function M.random_bytes(n, seed)
 	local rng_state = seed or 1;
