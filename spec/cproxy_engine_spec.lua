@@ -252,6 +252,13 @@ describe("cproxy.core.engine", function ()
 		assert.has_error(function () engine:add(1, 2) end);
 	end);
 
+	-- Under UBSan this used to report memcpy from a NULL results array.
+	it("reaps an empty list before any relay has ended", function ()
+		local engine = assert(core.engine());
+		assert.same({}, engine:reap());
+		engine:close();
+	end);
+
 	it("rejects bad options", function ()
 		assert.has_error(function () core.engine({ mode = "teleport" }) end);
 		assert.has_error(function () core.engine({ buffer_size = 1 }) end);

@@ -416,9 +416,12 @@ engine_reap(struct engine *e, struct engine_result *out, size_t max)
 	clear_fd(e->notifyfd);
 	pthread_mutex_lock(&e->lock);
 	n = e->done_len < max ? e->done_len : max;
-	memcpy(out, e->done, n * sizeof(*out));
-	memmove(e->done, e->done + n, (e->done_len - n) * sizeof(*out));
-	e->done_len -= n;
+	/* e->done is NULL until a result is stored: memcpy(NULL) is UB even for 0. */
+	if (n > 0) {
+		memcpy(out, e->done, n * sizeof(*out));
+		memmove(e->done, e->done + n, (e->done_len - n) * sizeof(*out));
+		e->done_len -= n;
+	}
 	if (e->done_len > 0) {
 		signal_fd(e->notifyfd);	/* more to take: stay readable */
 	}
