@@ -252,6 +252,30 @@ describe("cproxy.core.engine", function ()
 		assert.has_error(function () engine:add(1, 2) end);
 	end);
 
+	it("keeps the result of every relay that ends before the owner reaps", function ()
+		local engine = assert(core.engine());
+		local socks, ids = {}, {};
+		for i = 1, 40 do -- past the first allocation of 16 results
+			local a, b, id = relayed_pair(engine);
+			socks[#socks + 1], socks[#socks + 2] = a, b;
+			ids[id] = true;
+		end
+		for _, sock in ipairs(socks) do
+			sock:close();
+		end
+		local deadline = socket.gettime() + 5;
+		while engine:stats().active > 0 and socket.gettime() < deadline do
+			socket.sleep(0.01);
+		end
+		local results = engine:reap();
+		assert.equal(40, #results);
+		for _, result in ipairs(results) do
+			assert.is_true(ids[result.id]);
+			ids[result.id] = nil;
+		end
+		engine:close();
+	end);
+
 	-- Under UBSan this used to report memcpy from a NULL results array.
 	it("reaps an empty list before any relay has ended", function ()
 		local engine = assert(core.engine());
