@@ -20,9 +20,9 @@ local function relayed_pair(engine, early_a, early_b)
 	return a, b, id;
 end
 
-local function await_results(engine, n)
+local function await_results(engine, n, timeout)
 	local results = {};
-	local deadline = socket.gettime() + 10;
+	local deadline = socket.gettime() + (timeout or 10);
 	while #results < n and socket.gettime() < deadline do
 		socket.select({ engine }, nil, 0.2);
 		for _, r in ipairs(engine:reap()) do
@@ -110,6 +110,109 @@ for _, mode in ipairs({ "copy", "splice" }) do
 			b:close();
 		end);
 
+		-- A reset used to be lost when the reset side's pump waited to read:
+		-- it then read EOF, passed it on as a clean end and left the relay
+		-- half-open. A truncated stream must not look complete.
+		describe("on a reset", function ()
+			local function reset(sock)
+				sock:setoption("linger", { on = true, timeout = 0 });
+				sock:close();
+			end
+
+			-- A message each way: both pumps then wait to read.
+			local function settle(a, b)
+				a:settimeout(2);
+				b:settimeout(2);
+				assert(a:send("ping"));
+				assert.equal("ping", b:receive(4));
+				assert(b:send("pong"));
+				assert.equal("pong", a:receive(4));
+			end
+
+			local function assert_failed(side)
+				local results = await_results(engine, 1, 2);
+				assert.equal(1, #results);
+				assert.truthy(results[1].error); -- ECONNRESET, or EPIPE once it sent FIN
+				assert.equal(side, results[1].failed);
+				return results[1];
+			end
+
+			it("resets the initiator when the target resets while both wait to read", function ()
+				local a, b = relayed_pair(engine);
+				settle(a, b);
+				reset(a);
+				assert.equal("reset", (s5.await_end(b, 2)));
+				local result = assert_failed("target");
+				assert.equal(4, result.target_bytes);
+				assert.equal(4, result.initiator_bytes);
+				b:close();
+			end);
+
+			it("resets the target when the initiator resets while both wait to read", function ()
+				local a, b = relayed_pair(engine);
+				settle(a, b);
+				reset(b);
+				assert.equal("reset", (s5.await_end(a, 2)));
+				assert_failed("initiator");
+				a:close();
+			end);
+
+			it("resets the initiator when the target resets after the initiator's half-close", function ()
+				local a, b = relayed_pair(engine);
+				b:send("file");
+				b:shutdown("send");
+				a:settimeout(2);
+				assert.equal("file", (a:receive("*a")));
+				reset(a);
+				assert.equal("reset", (s5.await_end(b, 2)));
+				assert_failed("target");
+				b:close();
+			end);
+
+			it("resets the initiator when the target resets after its own half-close", function ()
+				local a, b = relayed_pair(engine);
+				a:send("done");
+				a:shutdown("send");
+				b:settimeout(2);
+				assert.equal("done", (b:receive("*a")));
+				reset(a);
+				assert_failed("target");
+				-- b has read its EOF already: the reset shows on sending.
+				local err;
+				local deadline = socket.gettime() + 2;
+				repeat
+					socket.sleep(0.01);
+					_, err = b:send("more");
+				until err or socket.gettime() > deadline;
+				assert.truthy(err == "connection reset by peer" or err == "closed", err);
+				b:close();
+			end);
+		end);
+
+		-- Copy mode used to drop the count of a partial send (a slow but
+		-- moving transfer then looked idle).
+		it("counts the bytes of partial sends, so a slow transfer is not idle", function ()
+			local slow = assert(core.engine({ mode = mode, buffer_size = 65536,
+				idle_timeout = 1, sockbuf = 32768 }));
+			local a, b, id = relayed_pair(slow);
+			-- Small buffers: sends are partial, and the kernel holds well
+			-- under the idle timeout's worth of bytes past the relay.
+			b:setoption("recv-buffer-size", 32768);
+			local data = s5.random_bytes(1048576 + 5, 4);
+			local got, err = s5.run_paced(a, b, data, 400 * 1024, 30);
+			assert.is_nil(err);
+			assert.equal(s5.sha256(data), s5.sha256(got));
+			b:close();
+			local results = await_results(slow, 1);
+			slow:close();
+			a:close();
+			assert.equal(1, #results);
+			assert.equal(id, results[1].id);
+			assert.is_false(results[1].timed_out);
+			assert.equal(#data, results[1].target_bytes);
+			assert.equal(0, results[1].initiator_bytes);
+		end);
+
 		it("counts relays in its stats", function ()
 			local a, b = relayed_pair(engine);
 			assert.equal(1, engine:stats().active);
@@ -147,6 +250,37 @@ describe("cproxy.core.engine", function ()
 		assert.equal("closed", err);
 		b:close(); a:close();
 		assert.has_error(function () engine:add(1, 2) end);
+	end);
+
+	it("keeps the result of every relay that ends before the owner reaps", function ()
+		local engine = assert(core.engine());
+		local socks, ids = {}, {};
+		for i = 1, 40 do -- past the first allocation of 16 results
+			local a, b, id = relayed_pair(engine);
+			socks[#socks + 1], socks[#socks + 2] = a, b;
+			ids[id] = true;
+		end
+		for _, sock in ipairs(socks) do
+			sock:close();
+		end
+		local deadline = socket.gettime() + 5;
+		while engine:stats().active > 0 and socket.gettime() < deadline do
+			socket.sleep(0.01);
+		end
+		local results = engine:reap();
+		assert.equal(40, #results);
+		for _, result in ipairs(results) do
+			assert.is_true(ids[result.id]);
+			ids[result.id] = nil;
+		end
+		engine:close();
+	end);
+
+	-- Under UBSan this used to report memcpy from a NULL results array.
+	it("reaps an empty list before any relay has ended", function ()
+		local engine = assert(core.engine());
+		assert.same({}, engine:reap());
+		engine:close();
 	end);
 
 	it("rejects bad options", function ()

@@ -22,6 +22,7 @@
  * SPDX-License-Identifier: MIT
  */
 #define _GNU_SOURCE
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -71,8 +72,14 @@ struct engine {
 	struct relay_buffer next_buf;	/* from engine_configure, for the thread */
 	int next_idle_timeout_ms;
 	int reconfigure;	/* the two above are waiting to be taken */
+	/*
+	 * Results not yet reaped. done_cap >= done_len + stats.active +
+	 * reserved at all times: each relay has room for its result from
+	 * engine_add on, so the relay thread never allocates.
+	 */
 	struct engine_result *done;
 	size_t done_len, done_cap;
+	size_t reserved;	/* room promised to relays still being set up */
 	int stopping;
 	struct engine_stats stats;
 
@@ -160,15 +167,8 @@ finish(struct engine *e, struct entry *en, int timed_out)
 
 	pthread_mutex_lock(&e->lock);
 	publish = !e->stopping;
-	if (publish && e->done_len == e->done_cap) {
-		size_t cap = e->done_cap ? e->done_cap * 2 : 16;
-		struct engine_result *grown = realloc(e->done, cap * sizeof(*grown));
-		if (grown) {
-			e->done = grown;
-			e->done_cap = cap;
-		}
-	}
-	if (publish && e->done_len < e->done_cap) {
+	if (publish) {
+		assert(e->done_len < e->done_cap);	/* reserved by engine_add */
 		e->done[e->done_len++] = res;
 	}
 	e->stats.active--;
@@ -525,6 +525,31 @@ apply_sockbuf(int fd, int size)
 	(void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
 }
 
+/*
+ * Makes room in e->done for one more relay's result, and promises it
+ * (e->reserved). Called with the lock held. Returns 0 or ENOMEM.
+ */
+static int
+reserve_result(struct engine *e)
+{
+	size_t need = e->done_len + (size_t)e->stats.active + e->reserved + 1;
+
+	if (need > e->done_cap) {
+		size_t cap = e->done_cap ? e->done_cap * 2 : 16;
+		if (cap < need) {
+			cap = need;
+		}
+		struct engine_result *grown = realloc(e->done, cap * sizeof(*grown));
+		if (grown == NULL) {
+			return ENOMEM;
+		}
+		e->done = grown;
+		e->done_cap = cap;
+	}
+	e->reserved++;
+	return 0;
+}
+
 int
 engine_add(struct engine *e, uint64_t id, int fd0, int fd1,
     const uint8_t *early0, size_t len0, const uint8_t *early1, size_t len1)
@@ -543,8 +568,21 @@ engine_add(struct engine *e, uint64_t id, int fd0, int fd1,
 		err = ENOMEM;
 		goto fail;
 	}
+	/*
+	 * Reserve before relay_init: undoing a set-up relay (relay_close)
+	 * would use the relay thread's scratch buffer, not this thread's.
+	 */
+	pthread_mutex_lock(&e->lock);
+	err = reserve_result(e);
+	pthread_mutex_unlock(&e->lock);
+	if (err) {
+		goto fail;
+	}
 	err = relay_init(&en->relay, fd0, fd1, early0, len0, early1, len1, e->cfg.mode);
 	if (err) {
+		pthread_mutex_lock(&e->lock);
+		e->reserved--;
+		pthread_mutex_unlock(&e->lock);
 		goto fail;
 	}
 	if (e->cfg.sockbuf > 0) {
@@ -558,6 +596,7 @@ engine_add(struct engine *e, uint64_t id, int fd0, int fd1,
 	pthread_mutex_lock(&e->lock);
 	en->next = e->incoming;
 	e->incoming = en;
+	e->reserved--;	/* now counted in stats.active */
 	e->stats.started++;
 	e->stats.active++;
 	pthread_mutex_unlock(&e->lock);
@@ -579,9 +618,12 @@ engine_reap(struct engine *e, struct engine_result *out, size_t max)
 	clear_fd(e->notifyfd);
 	pthread_mutex_lock(&e->lock);
 	n = e->done_len < max ? e->done_len : max;
-	memcpy(out, e->done, n * sizeof(*out));
-	memmove(e->done, e->done + n, (e->done_len - n) * sizeof(*out));
-	e->done_len -= n;
+	/* e->done is NULL until a result is stored: memcpy(NULL) is UB even for 0. */
+	if (n > 0) {
+		memcpy(out, e->done, n * sizeof(*out));
+		memmove(e->done, e->done + n, (e->done_len - n) * sizeof(*out));
+		e->done_len -= n;
+	}
 	if (e->done_len > 0) {
 		signal_fd(e->notifyfd);	/* more to take: stay readable */
 	}

@@ -78,6 +78,18 @@ fd_discard_input(int fd, void *scratch, size_t size)
 }
 
 void
+fd_abort(int *fd)
+{
+	const struct linger now = { .l_onoff = 1, .l_linger = 0 };
+
+	if (*fd >= 0) {
+		/* Linger on, timeout 0: close() sends RST and drops queued bytes. */
+		(void)setsockopt(*fd, SOL_SOCKET, SO_LINGER, &now, sizeof(now));
+		fd_close(fd);
+	}
+}
+
+void
 fd_close(int *fd)
 {
 	if (*fd >= 0) {

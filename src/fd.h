@@ -14,6 +14,8 @@ int fd_eventfd(int *fd);
 int fd_socket_error(int fd);
 /* Reads and drops whatever input is queued, without blocking (bounded). */
 void fd_discard_input(int fd, void *scratch, size_t size);
+/* Close a socket with a reset (abortive close), as fd_close. */
+void fd_abort(int *fd);
 /* close(*fd) if open and set it to -1. */
 void fd_close(int *fd);
 

@@ -11,7 +11,10 @@
  *
  * EOF on a source: the bytes already taken are delivered, then the
  * destination gets shutdown(SHUT_WR). A relay ends when both directions
- * have ended, or at the first socket error.
+ * have ended, or at the first socket error, such as a reset of either
+ * side. A clean end closes each socket with FIN after its queued bytes;
+ * an error resets both, so the surviving peer does not take a truncated
+ * stream for a complete one.
  * SPDX-License-Identifier: MIT
  */
 #define _GNU_SOURCE
@@ -166,48 +169,67 @@ send_some(int fd, const uint8_t *buf, size_t len)
 	return (ssize_t)sent;
 }
 
-/* One step of copy mode. Returns bytes moved, 0 on EOF, -1 with errno. */
-static ssize_t
-copy_step(int src, int dst, struct relay_buffer *buf, size_t want, int *failed_dst)
+/*
+ * How a step of a pump ended. A step counts what it delivered in p->bytes
+ * and in *moved whatever way it ends: a partial send still moved bytes,
+ * and the idle sweep and the results go by that count.
+ */
+enum step {
+	STEP_MORE,	/* moved bytes, may move more */
+	STEP_EOF,	/* the source ended */
+	STEP_SRC_EMPTY,	/* wait for the source to be readable */
+	STEP_DST_FULL,	/* wait for the destination to be writable */
+	STEP_SRC_FAILED,	/* errno in *err */
+	STEP_DST_FAILED
+};
+
+static int
+would_block(int err)
 {
-	ssize_t n, m;
+	return err == EAGAIN || err == EWOULDBLOCK;
+}
+
+/* One step of copy mode: at most `want` bytes from src to dst. */
+static enum step
+copy_step(struct pump *p, int src, int dst, struct relay_buffer *buf, size_t want,
+    size_t *moved, int *err)
+{
+	ssize_t n, m, dropped;
 
 	do {
 		n = recv(src, buf->data, want, MSG_PEEK | MSG_DONTWAIT);
 	} while (n < 0 && errno == EINTR);
-	if (n <= 0) {
-		return n;
+	if (n == 0) {
+		return STEP_EOF;
+	}
+	if (n < 0) {
+		*err = errno;
+		return would_block(*err) ? STEP_SRC_EMPTY : STEP_SRC_FAILED;
 	}
 	m = send_some(dst, buf->data, (size_t)n);
 	if (m < 0) {
-		*failed_dst = 1;
-		return -1;
+		*err = errno;
+		return STEP_DST_FAILED;
 	}
 	if (m == 0) {
-		errno = EAGAIN;
-		*failed_dst = 1;
-		return -1;
+		return STEP_DST_FULL;
 	}
 	/* Drop what was sent from the source; TCP discards without copying. */
-	ssize_t dropped;
 	do {
 		dropped = recv(src, buf->data, (size_t)m, MSG_TRUNC | MSG_DONTWAIT);
 	} while (dropped < 0 && errno == EINTR);
+	p->bytes += (uint64_t)m;
+	*moved += (size_t)m;
 	if (dropped != m) {	/* cannot happen: the bytes were just peeked */
-		errno = EIO;
-		return -1;
+		*err = EIO;
+		return STEP_SRC_FAILED;
 	}
-	if (m < n) {	/* destination full */
-		errno = EAGAIN;
-		*failed_dst = 1;
-		return -1;
-	}
-	return m;
+	return m < n ? STEP_DST_FULL : STEP_MORE;
 }
 
 /* Empties the pipe of splice mode into dst. Returns 0, or -1 with errno. */
 static int
-splice_flush(struct pump *p, int dst)
+splice_flush(struct pump *p, int dst, size_t *moved)
 {
 	while (p->in_pipe > 0) {
 		ssize_t n = splice(p->pipe[0], NULL, dst, NULL, p->in_pipe,
@@ -220,33 +242,38 @@ splice_flush(struct pump *p, int dst)
 		}
 		p->in_pipe -= (size_t)n;
 		p->bytes += (uint64_t)n;
+		*moved += (size_t)n;
 	}
 	return 0;
 }
 
 /* One step of splice mode, same contract as copy_step. */
-static ssize_t
-splice_step(struct pump *p, int src, int dst, size_t want, int *failed_dst)
+static enum step
+splice_step(struct pump *p, int src, int dst, size_t want, size_t *moved, int *err)
 {
 	ssize_t n;
 
-	if (splice_flush(p, dst) < 0) {
-		*failed_dst = 1;
-		return -1;
+	if (splice_flush(p, dst, moved) < 0) {
+		*err = errno;
+		return would_block(*err) ? STEP_DST_FULL : STEP_DST_FAILED;
 	}
 	do {
 		n = splice(src, NULL, p->pipe[1], NULL, want,
 		    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 	} while (n < 0 && errno == EINTR);
-	if (n <= 0) {
-		return n;
+	if (n == 0) {
+		return STEP_EOF;
+	}
+	if (n < 0) {
+		*err = errno;
+		return would_block(*err) ? STEP_SRC_EMPTY : STEP_SRC_FAILED;
 	}
 	p->in_pipe = (size_t)n;
-	if (splice_flush(p, dst) < 0) {
-		*failed_dst = 1;
-		return -1;
+	if (splice_flush(p, dst, moved) < 0) {
+		*err = errno;
+		return would_block(*err) ? STEP_DST_FULL : STEP_DST_FAILED;
 	}
-	return n;
+	return STEP_MORE;
 }
 
 /* Runs direction d. Returns RELAY_MORE if it stopped on its budget. */
@@ -267,34 +294,35 @@ pump_run(struct relay *r, int d, struct relay_buffer *buf, size_t budget)
 		return fail(r, dst, err);
 	}
 	while (!p->eof) {
-		int failed_dst = 0;
 		size_t want = r->mode == RELAY_SPLICE ? PIPE_SIZE : buf->size;
-		ssize_t n;
+		enum step step;
 
 		if (moved >= budget) {
 			p->ready = 1;
 			return RELAY_MORE;
 		}
 		if (r->mode == RELAY_SPLICE) {
-			n = splice_step(p, r->fd[src], r->fd[dst], want, &failed_dst);
+			step = splice_step(p, r->fd[src], r->fd[dst], want, &moved, &err);
 		} else {
-			n = copy_step(r->fd[src], r->fd[dst], buf, want, &failed_dst);
-			if (n > 0) {
-				p->bytes += (uint64_t)n;
-			}
+			step = copy_step(p, r->fd[src], r->fd[dst], buf, want, &moved, &err);
 		}
-		if (n == 0) {
+		switch (step) {
+		case STEP_MORE:
+			break;
+		case STEP_EOF:
 			p->eof = 1;
 			break;
+		case STEP_SRC_EMPTY:
+			p->state = PUMP_WANT_READ;
+			return RELAY_BLOCKED;
+		case STEP_DST_FULL:
+			p->state = PUMP_WANT_WRITE;
+			return RELAY_BLOCKED;
+		case STEP_SRC_FAILED:
+			return fail(r, src, err);
+		case STEP_DST_FAILED:
+			return fail(r, dst, err);
 		}
-		if (n < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				p->state = failed_dst ? PUMP_WANT_WRITE : PUMP_WANT_READ;
-				return RELAY_BLOCKED;
-			}
-			return fail(r, failed_dst ? dst : src, errno);
-		}
-		moved += (size_t)n;
 	}
 	/* EOF: everything taken is out; pass the half-close on. */
 	if (shutdown(r->fd[dst], SHUT_WR) < 0 && errno != ENOTCONN) {
@@ -319,11 +347,16 @@ relay_event(struct relay *r, int side, uint32_t events)
 			r->dir[1 - side].ready = 1;
 		}
 	}
-	/* A reset socket with no direction waiting on it: fail it now. */
+	/*
+	 * A socket error (mostly a reset) ends the relay now, whatever its
+	 * pumps wait for. Reading SO_ERROR clears it, so it is recorded here
+	 * or lost: a reset socket whose error is gone reads as a clean EOF,
+	 * which would pass a truncated stream off as complete and leave the
+	 * relay half-open.
+	 */
 	if ((events & EPOLLERR) && r->error == 0) {
 		int err = fd_socket_error(r->fd[side]);
-		if (err && r->dir[side].state == PUMP_DONE
-		    && r->dir[1 - side].state != PUMP_WANT_WRITE) {
+		if (err) {
 			fail(r, side, err);
 		}
 	}
@@ -352,7 +385,15 @@ void
 relay_close(struct relay *r, struct relay_buffer *buf)
 {
 	for (int side = 0; side < 2; side++) {
-		if (r->fd[side] >= 0) {
+		if (r->fd[side] >= 0 && r->error != 0) {
+			/*
+			 * The stream broke: reset both sides, so that a peer
+			 * learns the stream was aborted rather than take what it
+			 * got so far for all of it. Bytes still queued for it are
+			 * dropped on purpose.
+			 */
+			fd_abort(&r->fd[side]);
+		} else if (r->fd[side] >= 0) {
 			/*
 			 * close() with unread input makes Linux send a reset,
 			 * which can destroy bytes still queued for the peer.

@@ -63,7 +63,11 @@ enum relay_status {
 	RELAY_FINISHED	/* both directions done, or a socket failed */
 };
 
-/* Record epoll events seen on fd[side]: wakes the directions they concern. */
+/*
+ * Record epoll events seen on fd[side]: wakes the directions they concern.
+ * A pending socket error fails the relay at once (the next relay_pump()
+ * reports RELAY_FINISHED).
+ */
 void relay_event(struct relay *r, int side, uint32_t events);
 
 /*
@@ -73,7 +77,11 @@ void relay_event(struct relay *r, int side, uint32_t events);
 enum relay_status relay_pump(struct relay *r, struct relay_buffer *buf,
     size_t budget);
 
-/* Close both sockets so that bytes already queued still reach the peers. */
+/*
+ * Close both sockets. After a clean end, bytes already queued still reach
+ * the peers, then FIN. After an error (r->error set) both are reset: a
+ * peer must not take a truncated stream for a complete one.
+ */
 void relay_close(struct relay *r, struct relay_buffer *buf);
 
 /*

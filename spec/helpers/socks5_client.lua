@@ -188,6 +188,81 @@ function M.run(flows, timeout)
 	return received;
 end
 
+-- A slow receiver: `from` sends data as fast as it is taken, then shuts
+-- down its sending side; `to` reads at most `rate` bytes a second until
+-- EOF. Returns what `to` received, or nil, err and the bytes received up
+-- to the error. Raises on timeout.
+function M.run_paced(from, to, data, rate, timeout)
+	local start = socket.gettime();
+	local deadline = start + (timeout or 60);
+	local sent, got, parts = 0, 0, {};
+	from:settimeout(0);
+	to:settimeout(0);
+	if #data == 0 then
+		from:shutdown("send");
+	end
+	while socket.gettime() < deadline do
+		local allowed = math.floor(rate * (socket.gettime() - start)) - got;
+		local readers = allowed > 0 and { to } or {};
+		local writers = sent < #data and { from } or {};
+		-- The short timeout paces the reader while it has used its share.
+		local readable, writable = socket.select(readers, writers, 0.01);
+		if writable and writable[1] then
+			local n, err, partial = from:send(data, sent + 1, math.min(sent + 65536, #data));
+			n = n or partial;
+			if not n or (n == sent and err and err ~= "timeout") then
+				error("send failed: " .. tostring(err));
+			end
+			sent = n;
+			if sent == #data then
+				from:shutdown("send");
+			end
+		end
+		if readable and readable[1] then
+			local chunk, err, partial = to:receive(math.min(allowed, 65536));
+			chunk = chunk or partial;
+			if chunk and #chunk > 0 then
+				table.insert(parts, chunk);
+				got = got + #chunk;
+			end
+			if err == "closed" then
+				return table.concat(parts);
+			elseif err and err ~= "timeout" then
+				return nil, err, table.concat(parts);
+			end
+		end
+	end
+	error(("paced transfer timed out: %d of %d bytes sent, %d received"):format(sent, #data, got));
+end
+
+-- Reads sock until its stream ends, for up to `timeout` seconds. Returns
+-- how it ended, "reset" or "closed" (a clean EOF) or "timeout", and the
+-- bytes read until then. LuaSocket reports a reset as "closed" once recv()
+-- has taken the error, so the pending error (SO_ERROR) is checked first,
+-- each time the socket turns readable.
+function M.await_end(sock, timeout)
+	local deadline = socket.gettime() + (timeout or 2);
+	local parts = {};
+	sock:settimeout(0);
+	while socket.gettime() < deadline do
+		local readable = socket.select({ sock }, nil, math.max(0, deadline - socket.gettime()));
+		if readable and readable[1] then
+			if sock:getoption("error") then
+				return "reset", table.concat(parts);
+			end
+			local data, err, partial = sock:receive(65536);
+			data = data or partial;
+			if data and #data > 0 then
+				table.insert(parts, data);
+			end
+			if err == "closed" then
+				return "closed", table.concat(parts);
+			end
+		end
+	end
+	return "timeout", table.concat(parts);
+end
+
 -- Deterministic pseudo-random bytes, fast enough for tens of MiB.
 function M.random_bytes(n, seed)
 	local rng_state = seed or 1;
