@@ -30,8 +30,8 @@ local function handshake(conn)
 		local data, err, partial = conn:receive(1);
 		data = data or partial;
 		assert(data and #data > 0, err);
-		local state, reply = parser:feed(data);
-		assert(state, reply);
+		local state, reply, _, reason = parser:feed(data);
+		assert(state ~= "failed", reason);
 		conn:send(reply);
 	end
 	conn:send(parser:accept());

@@ -16,10 +16,11 @@ local options = cproxy.require("options");
 module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";
-local jid_compare, jid_prep = require "util.jid".compare, require "util.jid".prep;
+local jid_compare, jid_prep, jid_bare = require "util.jid".compare, require "util.jid".prep, require "util.jid".bare;
 local sha1 = require "util.hashes".sha1;
 local server = require "net.server";
 local timer = require "util.timer";
+local time_now = require "util.time".now;
 local portmanager = require "core.portmanager";
 
 local xmlns_bytestreams = "http://jabber.org/protocol/bytestreams";
@@ -28,54 +29,83 @@ local MiB = 1024 * 1024;
 
 -- Read once for the whole server (this module is global).
 local global_options = {
-	"proxy65_activation_timeout", "proxy65_relay_mode", "proxy65_buffer_size",
-	"proxy65_idle_timeout", "proxy65_socket_buffer",
+	"proxy65_activation_timeout", "proxy65_handshake_timeout", "proxy65_relay_mode",
+	"proxy65_buffer_size", "proxy65_idle_timeout", "proxy65_socket_buffer",
+	"proxy65_max_connections", "proxy65_max_connections_per_ip", "proxy65_max_transfers_per_user",
 };
-local activation_timeout = options.number(module, "proxy65_activation_timeout", 60, 1, 86400);
-local engine_options = {
-	mode = options.choice(module, "proxy65_relay_mode", "splice", { "splice", "copy" });
-	buffer_size = options.number(module, "proxy65_buffer_size", 4 * MiB, 4096, 256 * MiB, true);
-	idle_timeout = options.number(module, "proxy65_idle_timeout", 300, 0, 86400 * 7, true);
-	sockbuf = options.number(module, "proxy65_socket_buffer", 0, 0, 64 * MiB, true);
+local defaults = proxy65.defaults;
+local service_options = {
+	activation_timeout = options.number(module, "proxy65_activation_timeout", defaults.activation_timeout, 1, 86400);
+	handshake_timeout = options.number(module, "proxy65_handshake_timeout", defaults.handshake_timeout, 0, 86400);
+	max_connections = options.number(module, "proxy65_max_connections", defaults.max_connections, 0, math.huge, true);
+	max_connections_per_ip = options.number(module, "proxy65_max_connections_per_ip", defaults.max_connections_per_ip, 0, math.huge, true);
+	max_transfers_per_user = options.number(module, "proxy65_max_transfers_per_user", defaults.max_transfers_per_user, 0, math.huge, true);
+	engine = {
+		mode = options.choice(module, "proxy65_relay_mode", "splice", { "splice", "copy" });
+		buffer_size = options.number(module, "proxy65_buffer_size", 4 * MiB, 4096, 256 * MiB, true);
+		idle_timeout = options.number(module, "proxy65_idle_timeout", 300, 0, 86400 * 7, true);
+		sockbuf = options.number(module, "proxy65_socket_buffer", 0, 0, 64 * MiB, true);
+	};
 };
 
-local measure_relays = module:measure("relays", "counter");
-local measure_bytes = module:measure("bytes", "counter");
+-- Metrics, through Prosody's statistics (mod_http_openmetrics, the shell).
+local transfers_metric = module:metric("counter", "transfers", "", "Bytestreams relayed, by how they ended", { "result" });
+local refused_metric = module:metric("counter", "activations_refused", "", "Activations refused, by reason", { "reason" });
+local handshake_metric = module:metric("counter", "handshake_failures", "", "SOCKS5 connections closed before pairing, by reason", { "reason" });
+local bytes_metric = module:metric("counter", "relayed", "bytes", "Bytes relayed, counted while bytestreams run"):with_labels();
+local active_metric = module:metric("gauge", "active", "", "Active bytestreams"):with_labels();
+local pending_metric = module:metric("gauge", "pending", "", "SOCKS5 connections waiting for their partner or activation"):with_labels();
+local connections_metric = module:metric("gauge", "connections", "", "Sockets held, pending and relayed"):with_labels();
 
 local function log(level, fmt, ...)
 	return module:log(level, fmt, ...);
 end
 
 local function on_finished(result)
-	measure_relays(1);
-	measure_bytes(result.target_bytes + result.initiator_bytes);
+	local how = result.timed_out and "idle" or result.error and "failed" or "completed";
+	transfers_metric:with_labels(how):add(1);
 end
+
+local function on_count(counter, reason)
+	if counter == "handshake_failures" then
+		handshake_metric:with_labels(reason):add(1);
+	end
+end
+
+service_options.log, service_options.on_finished, service_options.on_count = log, on_finished, on_count;
+service_options.server, service_options.timer, service_options.now = server, timer, time_now;
 
 -- The service outlives a module reload, so that active relays survive it.
 local shared = module:shared("service");
 local service = shared.service;
 if service then
 	-- A reload: new settings apply to what comes next (see engine:configure).
-	local ok, err = service:configure({ activation_timeout = activation_timeout, engine = engine_options,
-		log = log, on_finished = on_finished });
+	local ok, err = service:configure(service_options);
 	if not ok then
 		module:log("error", "Could not apply the new relay settings, the old ones stay: %s", err);
 	end
 else
 	local err;
-	service, err = proxy65.new({
-		activation_timeout = activation_timeout;
-		engine = engine_options;
-		server = server;
-		timer = timer;
-		log = log;
-		on_finished = on_finished;
-	});
+	service, err = proxy65.new(service_options);
 	if not service then
 		error("proxy65: cannot start the relay engine: " .. tostring(err));
 	end
 	shared.service = service;
 end
+
+-- Gauges and the running byte count are read when statistics are
+-- collected, not per event. The count outlives a reload, as the service does.
+module:hook_global("stats-update", function ()
+	local stats = service:stats();
+	active_metric:set(stats.active);
+	pending_metric:set(stats.pending);
+	connections_metric:set(stats.connections);
+	local counted = shared.relayed_counted or 0;
+	if stats.relayed > counted then
+		bytes_metric:add(stats.relayed - counted);
+		shared.relayed_counted = stats.relayed;
+	end
+end);
 
 function module.unload()
 	if not module.reloading then
@@ -174,14 +204,23 @@ function module.add_host(module)
 			return true;
 		end
 		local hash = sha1(sid .. from .. prepped_to, true);
-		local ok, condition, text = service:activate(hash);
+		local ok, condition, text = service:activate(hash, {
+			sid = sid, initiator = from, user = jid_bare(from), target = prepped_to,
+		});
 		if ok then
 			module:log("debug", "Activated %s (sid %q, initiator %s, target %s)", hash, sid, from, prepped_to);
 			origin.send(st.reply(stanza));
-		elseif condition == "item-not-found" then
+			return true;
+		end
+		refused_metric:with_labels(condition):add(1);
+		module:log("debug", "Refused to activate %s (sid %q, initiator %s, target %s): %s", hash, sid, from,
+			prepped_to, text or condition);
+		if condition == "item-not-found" then
 			origin.send(st.error_reply(stanza, "modify", "item-not-found"));
 		elseif condition == "not-allowed" then
 			origin.send(st.error_reply(stanza, "cancel", "not-allowed", text));
+		elseif condition == "resource-constraint" then
+			origin.send(st.error_reply(stanza, "wait", "resource-constraint", text));
 		else
 			module:log("error", "Activation of %s failed: %s", hash, tostring(text));
 			origin.send(st.error_reply(stanza, "wait", "internal-server-error"));

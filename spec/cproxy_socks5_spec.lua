@@ -16,13 +16,14 @@ local function run(chunks)
 	local parser = core.socks5();
 	local replies, used_total = {}, 0;
 	for _, chunk in ipairs(chunks) do
-		local state, a, b, c = parser:feed(chunk);
-		if not state then
-			table.insert(replies, b);
-			return nil, a, table.concat(replies), used_total + c, parser;
+		local state, reply, used, reason = parser:feed(chunk);
+		if state == "failed" then
+			table.insert(replies, reply);
+			return nil, reason, table.concat(replies), used_total + used, parser;
 		end
-		table.insert(replies, a);
-		used_total = used_total + b;
+		assert.is_nil(reason);
+		table.insert(replies, reply);
+		used_total = used_total + used;
 		if state == "done" then
 			table.insert(replies, parser:accept());
 			return state, nil, table.concat(replies), used_total, parser;
@@ -136,8 +137,8 @@ describe("cproxy.core.socks5", function ()
 
 		it("stops consuming at the first bad byte", function ()
 			local parser = core.socks5();
-			local state, reason, _, used = parser:feed(GREETING .. "\5\2" .. "more bytes");
-			assert.is_nil(state);
+			local state, _, used, reason = parser:feed(GREETING .. "\5\2" .. "more bytes");
+			assert.equal("failed", state);
 			assert.equal("command-not-supported", reason);
 			assert.equal(#GREETING + 2, used);
 		end);
@@ -159,6 +160,19 @@ describe("cproxy.core.socks5", function ()
 			assert.equal("done", (parser:feed(GREETING .. REQUEST)));
 			assert.equal(failure(2), parser:refuse());
 			assert.equal("failed", parser:state());
+		end);
+
+		it("answers 'general failure' (REP 1) when over a limit", function ()
+			local parser = core.socks5();
+			assert.equal("done", (parser:feed(GREETING .. REQUEST)));
+			assert.equal(failure(1), parser:refuse("over-limit"));
+			assert.equal("failed", parser:state());
+		end);
+
+		it("raises for an unknown reason", function ()
+			local parser = core.socks5();
+			parser:feed(GREETING .. REQUEST);
+			assert.has_error(function () parser:refuse("busy") end);
 		end);
 
 		it("raises before the request is complete", function ()

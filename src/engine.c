@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -55,6 +56,7 @@ struct entry {
 	struct tag tag[2];
 	int64_t last_active_ms;
 	uint64_t last_bytes;
+	uint64_t counted;	/* bytes already added to engine.relayed */
 	int queued;	/* on the run list */
 	struct entry *run_next;
 	struct entry *prev, *next;	/* active list (thread) or incoming list */
@@ -82,6 +84,9 @@ struct engine {
 	size_t reserved;	/* room promised to relays still being set up */
 	int stopping;
 	struct engine_stats stats;
+
+	/* Bytes relayed so far, by running relays too; read without the lock. */
+	_Atomic uint64_t relayed;
 
 	/* Owned by the engine thread. */
 	struct entry *active;
@@ -255,7 +260,13 @@ run_all(struct engine *e)
 		struct entry *en = list;
 		list = list->run_next;
 		en->queued = 0;
-		switch (relay_pump(&en->relay, &e->buf, PUMP_BUDGET)) {
+		enum relay_status status = relay_pump(&en->relay, &e->buf, PUMP_BUDGET);
+		uint64_t bytes = entry_bytes(en);
+		if (bytes != en->counted) {
+			atomic_fetch_add_explicit(&e->relayed, bytes - en->counted, memory_order_relaxed);
+			en->counted = bytes;
+		}
+		switch (status) {
 		case RELAY_FINISHED:
 			finish(e, en, 0);
 			break;
@@ -637,6 +648,7 @@ engine_get_stats(struct engine *e, struct engine_stats *st)
 	(void)check_process(e);
 	pthread_mutex_lock(&e->lock);
 	*st = e->stats;
+	st->relayed = atomic_load_explicit(&e->relayed, memory_order_relaxed);
 	pthread_mutex_unlock(&e->lock);
 }
 

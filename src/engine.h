@@ -33,6 +33,7 @@ struct engine_result {
 struct engine_stats {
 	uint64_t started, finished, failed, timed_out, active;
 	uint64_t bytes;	/* delivered by finished relays */
+	uint64_t relayed;	/* delivered so far, by running relays too */
 };
 
 struct engine;

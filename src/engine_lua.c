@@ -198,20 +198,24 @@ l_reap(lua_State *L)
 	return 1;
 }
 
-/* (engine) -> { started=, finished=, failed=, timed_out=, active=, bytes= } */
+/*
+ * (engine) -> { started=, finished=, failed=, timed_out=, active=, bytes=,
+ *   relayed= }   bytes: by finished relays; relayed: so far, by all
+ */
 static int
 l_stats(lua_State *L)
 {
 	struct engine_stats st;
 
 	engine_get_stats(check_engine(L), &st);
-	lua_createtable(L, 0, 6);
+	lua_createtable(L, 0, 7);
 	set_integer(L, "started", st.started);
 	set_integer(L, "finished", st.finished);
 	set_integer(L, "failed", st.failed);
 	set_integer(L, "timed_out", st.timed_out);
 	set_integer(L, "active", st.active);
 	set_integer(L, "bytes", st.bytes);
+	set_integer(L, "relayed", st.relayed);
 	return 1;
 }
 

@@ -4,6 +4,7 @@
  * field is ever read before it has arrived. It does no I/O and no logging.
  * SPDX-License-Identifier: MIT
  */
+#include <assert.h>
 #include <string.h>
 
 #include "socks5.h"
@@ -129,10 +130,11 @@ socks5_accept(struct socks5 *s)
 }
 
 void
-socks5_refuse(struct socks5 *s)
+socks5_refuse(struct socks5 *s, enum socks5_reason why)
 {
+	assert(why == SOCKS5_REFUSED || why == SOCKS5_OVER_LIMIT);
 	if (s->state == SOCKS5_DONE) {
-		fail_request(s, SOCKS5_REFUSED, REP_NOT_ALLOWED);
+		fail_request(s, why, why == SOCKS5_OVER_LIMIT ? REP_GENERAL_FAILURE : REP_NOT_ALLOWED);
 	}
 }
 
@@ -227,6 +229,7 @@ socks5_reason_name(enum socks5_reason reason)
 	case SOCKS5_BAD_HASH: return "bad-hash";
 	case SOCKS5_BAD_PORT: return "bad-port";
 	case SOCKS5_REFUSED: return "refused";
+	case SOCKS5_OVER_LIMIT: return "over-limit";
 	}
 	return "unknown";
 }

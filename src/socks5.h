@@ -34,7 +34,8 @@ enum socks5_reason {
 	SOCKS5_BAD_ADDRESS_LENGTH,
 	SOCKS5_BAD_HASH,
 	SOCKS5_BAD_PORT,
-	SOCKS5_REFUSED	/* valid, but the caller refused it (e.g. a third peer) */
+	SOCKS5_REFUSED,	/* valid, but the caller refused it (e.g. a third peer) */
+	SOCKS5_OVER_LIMIT	/* valid, but over one of the caller's limits */
 };
 
 struct socks5 {
@@ -64,8 +65,12 @@ size_t socks5_feed(struct socks5 *s, const uint8_t *data, size_t len);
 /* In state DONE: queue the success reply (ATYP 3, the hash, port 0). */
 void socks5_accept(struct socks5 *s);
 
-/* In state DONE: queue "connection not allowed" (REP 2); state FAILED. */
-void socks5_refuse(struct socks5 *s);
+/*
+ * In state DONE: queue a refusal and go to state FAILED. why is
+ * SOCKS5_REFUSED ("connection not allowed", REP 2) or SOCKS5_OVER_LIMIT
+ * ("general failure", REP 1).
+ */
+void socks5_refuse(struct socks5 *s, enum socks5_reason why);
 
 /* A fixed token for a reason, e.g. "command-not-supported". */
 const char *socks5_reason_name(enum socks5_reason reason);

@@ -27,11 +27,12 @@ l_new(lua_State *L)
 static const char *const state_names[] = { "greeting", "request", "done", "failed" };
 
 /*
- * (parser, data) -> state, reply, used
- *                 | nil, reason, reply, used   when the handshake is rejected
- * state is "greeting", "request" (more input needed) or "done"; reply is
- * the bytes to send (possibly ""); data[used+1..] is not handshake data.
- * Once "done", answer with :accept() or :refuse().
+ * (parser, data) -> state, reply, used, reason
+ * Fixed slots, whatever the outcome: state is "greeting" or "request" (more
+ * input needed), "done" (answer with :accept() or :refuse()) or "failed"
+ * (send reply, then close); reply is the bytes to send (possibly "");
+ * data[used+1..] is not handshake data; reason is a fixed token saying why
+ * it failed (see socks5_reason_name()), nil unless failed.
  */
 static int
 l_feed(lua_State *L)
@@ -43,16 +44,16 @@ l_feed(lua_State *L)
 
 	luaL_argcheck(L, s->state != SOCKS5_FAILED, 1, "handshake already failed");
 	used = socks5_feed(s, (const uint8_t *)data, len);
-	if (s->state == SOCKS5_FAILED) {
-		lua_pushnil(L);
-		lua_pushstring(L, socks5_reason_name(s->reason));
-	} else {
-		lua_pushstring(L, state_names[s->state]);
-	}
+	lua_pushstring(L, state_names[s->state]);
 	lua_pushlstring(L, (const char *)s->reply, s->reply_len);
 	s->reply_len = 0;
 	lua_pushinteger(L, (lua_Integer)used);
-	return s->state == SOCKS5_FAILED ? 4 : 3;
+	if (s->state == SOCKS5_FAILED) {
+		lua_pushstring(L, socks5_reason_name(s->reason));
+	} else {
+		lua_pushnil(L);
+	}
+	return 4;
 }
 
 /* (parser) -> hash | nil   the 40 lowercase hex characters, once done */
@@ -82,14 +83,21 @@ l_accept(lua_State *L)
 	return 1;
 }
 
-/* (parser) -> reply   "connection not allowed"; only in state "done" */
+/*
+ * (parser[, why]) -> reply   only in state "done"
+ * why: "not-allowed" (the default: REP 2, connection not allowed by
+ * ruleset) or "over-limit" (REP 1, general failure: a limit of the proxy).
+ */
 static int
 l_refuse(lua_State *L)
 {
+	static const char *const whys[] = { "not-allowed", "over-limit", NULL };
+	static const enum socks5_reason reasons[] = { SOCKS5_REFUSED, SOCKS5_OVER_LIMIT };
 	struct socks5 *s = check_socks5(L);
+	int why = luaL_checkoption(L, 2, "not-allowed", whys);
 
 	luaL_argcheck(L, s->state == SOCKS5_DONE, 1, "request not complete");
-	socks5_refuse(s);
+	socks5_refuse(s, reasons[why]);
 	lua_pushlstring(L, (const char *)s->reply, s->reply_len);
 	s->reply_len = 0;
 	return 1;

@@ -7,7 +7,7 @@
 local cproxy = ...;
 local core = cproxy.core;
 
-local setmetatable, pairs, ipairs = setmetatable, pairs, ipairs;
+local setmetatable, pairs, ipairs, os_time, max = setmetatable, pairs, ipairs, os.time, math.max;
 local concat = table.concat;
 
 local M = {};
@@ -57,9 +57,23 @@ local function detach(conn)
 	return fd, concat(buffered);
 end
 
--- opts: activation_timeout (s), engine (options of core.engine),
--- server (net.server), timer (util.timer), log (function(level, fmt, ...)),
--- on_finished (function(result, pair), optional)
+-- The service's settings, with their defaults; 0 turns a limit or a
+-- timeout off. Timeouts are in seconds.
+local defaults = {
+	activation_timeout = 60;
+	handshake_timeout = 10;
+	max_connections = 0; -- sockets held, pending and relayed
+	max_connections_per_ip = 0; -- the same, from one source address
+	max_transfers_per_user = 0; -- active relays of one initiator (bare JID)
+};
+M.defaults = defaults;
+
+-- opts: the settings above, engine (options of core.engine), server
+-- (net.server), timer (util.timer), now (a clock in seconds, e.g.
+-- util.time.now), log (function(level, fmt, ...)),
+-- on_finished (function(result, pair)), on_count (function(counter,
+-- reason), for metrics: counter is "handshake_failures" or
+-- "activations_refused").
 function M.new(opts)
 	local engine, err = core.engine(opts.engine);
 	if not engine then
@@ -69,13 +83,14 @@ function M.new(opts)
 		engine = engine;
 		server = opts.server;
 		timer = opts.timer;
-		log = opts.log or noop;
-		activation_timeout = opts.activation_timeout or 60;
-		on_finished = opts.on_finished or noop;
-		sessions = {}; -- conn -> session
-		pairs = {}; -- hash -> { hash=, target=session, initiator=session, relay_id= }
+		sessions = {}; -- conn -> session, until handed to the engine
+		pairs = {}; -- hash -> { hash=, target=session, initiator=session, relay_id=, ... }
 		relays = {}; -- relay id -> pair
+		connections = 0; -- sockets held: sessions, and two per relay
+		by_ip = {}; -- source address -> sockets held
+		by_user = {}; -- initiator's bare JID -> active relays
 	}, service_mt);
+	self:configure(opts);
 	self.watcher = self.server.watchfd(engine:getfd(), function ()
 		self:reap();
 	end);
@@ -83,28 +98,71 @@ function M.new(opts)
 	return self;
 end
 
--- Takes the same options as new(). Returns true, or nil, err, errno when
--- the engine's could not be applied (the rest are).
+-- Takes the options of new() (all but server and timer). Returns true, or
+-- nil, err, errno when the engine's could not be applied (the rest are).
 function service_mt:configure(opts)
-	self.activation_timeout = opts.activation_timeout or self.activation_timeout;
-	self.on_finished = opts.on_finished or self.on_finished;
-	self.log = opts.log or self.log;
-	if opts.engine then
+	for name, default in pairs(defaults) do
+		self[name] = opts[name] or self[name] or default;
+	end
+	self.log = opts.log or self.log or noop;
+	self.now = opts.now or self.now or os_time;
+	self.on_finished = opts.on_finished or self.on_finished or noop;
+	self.on_count = opts.on_count or self.on_count or noop;
+	if opts.engine and self.configured then
 		return self.engine:configure(opts.engine);
 	end
+	self.configured = true;
 	return true;
+end
+
+local function hold(self, ip)
+	self.connections = self.connections + 1;
+	self.by_ip[ip] = (self.by_ip[ip] or 0) + 1;
+end
+
+local function release(self, ip)
+	self.connections = self.connections - 1;
+	local n = self.by_ip[ip] - 1;
+	self.by_ip[ip] = n > 0 and n or nil;
+end
+
+-- Which limit a new connection from `ip` is over, if any.
+function service_mt:over_limit(ip)
+	if self.max_connections > 0 and self.connections >= self.max_connections then
+		return "max-connections";
+	end
+	if self.max_connections_per_ip > 0 and (self.by_ip[ip] or 0) >= self.max_connections_per_ip then
+		return "max-connections-per-ip";
+	end
+end
+
+-- Why a relay ended, in words for the log.
+local function ending(result)
+	if result.timed_out then
+		return "idle";
+	elseif result.error then
+		return ("%s on the %s's side"):format(result.error, result.failed or "either");
+	end
+	return "completed";
 end
 
 -- Relays that ended: their hashes may be used again.
 function service_mt:reap()
+	local now = self.now();
 	for _, result in ipairs(self.engine:reap()) do
 		local pair = self.relays[result.id];
 		if pair then
 			self.relays[result.id] = nil;
 			self.pairs[pair.hash] = nil;
-			self.log("debug", "Relay %s ended: %d bytes from target, %d from initiator%s",
-				pair.hash, result.target_bytes, result.initiator_bytes,
-				result.error and (" (" .. result.error .. ")") or "");
+			release(self, pair.ips[1]);
+			release(self, pair.ips[2]);
+			local n = self.by_user[pair.user] - 1;
+			self.by_user[pair.user] = n > 0 and n or nil;
+			local bytes = result.target_bytes + result.initiator_bytes;
+			local seconds = max(now - pair.started, 0.001);
+			self.log("info", "Transfer %s from %s to %s ended (%s): %d bytes (%d to the target, %d back), %.2f s, %.1f MiB/s",
+				pair.sid or pair.hash, pair.initiator_jid or "?", pair.target_jid or "?", ending(result),
+				bytes, result.initiator_bytes, result.target_bytes, seconds, bytes / seconds / 1048576);
 			self.on_finished(result, pair);
 		end
 	end
@@ -116,7 +174,11 @@ function service_mt:drop(session)
 		self.timer.stop(session.timer);
 		session.timer = nil;
 	end
+	if self.sessions[session.conn] ~= session then
+		return; -- already dropped
+	end
 	self.sessions[session.conn] = nil;
+	release(self, session.ip);
 	local pair = session.hash and self.pairs[session.hash];
 	if pair and not pair.relay_id and (pair.target == session or pair.initiator == session) then
 		self.pairs[session.hash] = nil;
@@ -134,6 +196,7 @@ function service_mt:close_session(session)
 		self:drop(session);
 	else
 		session.conn:close(); -- net.server calls ondisconnect, which drops it
+		self:drop(session); -- in case it did not (a closing connection)
 	end
 end
 
@@ -149,23 +212,54 @@ function service_mt:park(session)
 	self.log("debug", "SOCKS5 client for %s half-closed before activation; holding its socket", session.hash);
 end
 
+-- Closes `session` after `seconds` (unless 0) unless it moves on first.
+function service_mt:expire_in(session, seconds, why)
+	if session.timer then
+		self.timer.stop(session.timer);
+		session.timer = nil;
+	end
+	if seconds <= 0 then
+		return;
+	end
+	session.timer = self.timer.add_task(seconds, function ()
+		session.timer = nil;
+		if self.sessions[session.conn] == session then
+			self.log("debug", "Closing a SOCKS5 connection from %s: %s within %gs", session.ip, why, seconds);
+			if not session.hash then
+				self.on_count("handshake_failures", "timeout");
+			end
+			self:close_session(session);
+		end
+	end);
+end
+
+-- Refuses a valid request: `why` is a reason for the metrics.
+local function refuse(self, session, parser, why, over_limit)
+	self.on_count("handshake_failures", why);
+	send_now(session.conn, parser:refuse(over_limit and "over-limit" or "not-allowed"));
+	self:close_session(session);
+end
+
 function service_mt:request_done(session, parser)
 	local conn, hash = session.conn, parser:hash();
+	if session.over_limit then
+		self.log("debug", "Refusing a SOCKS5 connection from %s for %s: over %s", session.ip, hash, session.over_limit);
+		return refuse(self, session, parser, session.over_limit, true);
+	end
 	local pair = self.pairs[hash];
 	if pair and (pair.initiator or pair.relay_id) then
 		self.log("debug", "Refusing a third connection for %s", hash);
-		send_now(conn, parser:refuse());
-		conn:close();
-		return;
+		return refuse(self, session, parser, "hash-in-use");
 	end
 	conn:pause(); -- early bytes stay in the kernel until activation
 	local ok, err = send_now(conn, parser:accept());
 	if not ok then
 		self.log("debug", "Could not send the SOCKS5 reply: %s", err);
-		conn:close();
+		self:close_session(session);
 		return;
 	end
 	session.hash = hash;
+	self:expire_in(session, self.activation_timeout, "not activated");
 	if pair then
 		pair.initiator = session;
 		self.log("debug", "SOCKS5 initiator connected for %s", hash);
@@ -181,16 +275,14 @@ function service_mt:make_listener()
 	local function session_for(conn)
 		local session = self.sessions[conn];
 		if not session then
-			session = { conn = conn, parser = core.socks5(), early = "" };
+			local ip = conn:ip() or "?";
+			session = { conn = conn, ip = ip, parser = core.socks5(), early = "" };
+			-- Checked before this socket counts; refused once its request
+			-- is read, with a SOCKS5 reply that says so.
+			session.over_limit = self:over_limit(ip);
+			hold(self, ip);
 			self.sessions[conn] = session;
-			-- A connection that never gets activated is closed: nothing waits forever.
-			session.timer = self.timer.add_task(self.activation_timeout, function ()
-				session.timer = nil;
-				if self.sessions[conn] == session and not session.handed_over then
-					self.log("debug", "Closing a SOCKS5 connection not activated within %ds", self.activation_timeout);
-					self:close_session(session);
-				end
-			end);
+			self:expire_in(session, self.handshake_timeout, "no complete SOCKS5 request");
 		end
 		return session;
 	end
@@ -221,17 +313,18 @@ function service_mt:make_listener()
 			return;
 		end
 		local parser = session.parser;
-		local state, reply, used = parser:feed(data);
-		if not state then -- nil, reason, reply
-			self.log("debug", "Invalid SOCKS5 handshake (%s)", reply);
-			send_now(conn, used);
-			conn:close();
+		local state, reply, used, reason = parser:feed(data);
+		if state == "failed" then
+			self.log("debug", "Invalid SOCKS5 handshake from %s (%s)", session.ip, reason);
+			self.on_count("handshake_failures", reason);
+			send_now(conn, reply);
+			self:close_session(session);
 			return;
 		end
 		local sent, send_err = send_now(conn, reply);
 		if not sent then
 			self.log("debug", "Could not send the SOCKS5 reply: %s", send_err);
-			conn:close();
+			self:close_session(session);
 			return;
 		end
 		if state == "done" then
@@ -265,10 +358,12 @@ local function take_fd(session)
 	return fd, buffered;
 end
 
--- XEP-0065 activation of the pair with this hash.
--- Returns true, or nil and one of: "item-not-found" (unknown hash),
--- "not-allowed" (not both connected, or already active), "internal" (msg).
-function service_mt:activate(hash)
+-- XEP-0065 activation of the pair with this hash. who: { sid=,
+-- initiator= (full JID), user= (its bare JID), target= (JID) }, for limits
+-- and logs. Returns true, or nil and one of: "item-not-found" (unknown
+-- hash), "not-allowed" (not both connected, or already active),
+-- "resource-constraint" (over a limit), "internal"; and a text.
+function service_mt:activate(hash, who)
 	local pair = self.pairs[hash];
 	if not pair then
 		return nil, "item-not-found";
@@ -279,8 +374,12 @@ function service_mt:activate(hash)
 	if not pair.initiator then
 		return nil, "not-allowed", "The initiator is not connected to the proxy";
 	end
+	local user = who and who.user or "?";
+	if self.max_transfers_per_user > 0 and (self.by_user[user] or 0) >= self.max_transfers_per_user then
+		return nil, "resource-constraint", "Too many active transfers";
+	end
 	local target, initiator = pair.target, pair.initiator;
-	for _, session in pairs({ target, initiator }) do
+	for _, session in ipairs({ target, initiator }) do
 		session.handed_over = true;
 		if session.timer then
 			self.timer.stop(session.timer);
@@ -288,26 +387,37 @@ function service_mt:activate(hash)
 		end
 		self.sessions[session.conn] = nil;
 	end
+	-- The two sockets stay counted, now as the relay's.
+	pair.ips = { target.ip, initiator.ip };
+	pair.user = user;
 	local target_fd, target_buffered = take_fd(target);
 	local initiator_fd, initiator_buffered = take_fd(initiator);
 	local id, err = self.engine:add(target_fd, initiator_fd,
 		target.early .. target_buffered, initiator.early .. initiator_buffered);
 	if not id then
 		self.pairs[hash] = nil;
+		release(self, target.ip);
+		release(self, initiator.ip);
 		return nil, "internal", err;
 	end
+	self.by_user[user] = (self.by_user[user] or 0) + 1;
 	pair.relay_id = id;
 	pair.target, pair.initiator = nil, nil; -- the conns are gone
+	pair.sid, pair.initiator_jid, pair.target_jid = who and who.sid, who and who.initiator, who and who.target;
+	pair.started = self.now();
 	self.relays[id] = pair;
 	return true;
 end
 
+-- The engine's stats, plus pending (connections not yet relayed) and
+-- connections (sockets held).
 function service_mt:stats()
 	local stats = self.engine:stats();
 	stats.pending = 0;
 	for _ in pairs(self.sessions) do
 		stats.pending = stats.pending + 1;
 	end
+	stats.connections = self.connections;
 	return stats;
 end
 
@@ -327,6 +437,7 @@ function service_mt:close()
 	self.sessions = {};
 	self.engine:close();
 	self.pairs, self.relays = {}, {};
+	self.connections, self.by_ip, self.by_user = 0, {}, {};
 end
 
 return M;
