@@ -32,7 +32,9 @@ local global_options = {
 	"proxy65_activation_timeout", "proxy65_handshake_timeout", "proxy65_relay_mode",
 	"proxy65_buffer_size", "proxy65_idle_timeout", "proxy65_socket_buffer",
 	"proxy65_max_connections", "proxy65_max_connections_per_ip", "proxy65_max_transfers_per_user",
+	"proxy65_rate_limit", "proxy65_total_rate_limit", "proxy65_max_transfer_bytes",
 };
+local RATE_MAX = 2 ^ 34; -- the engine's bound (16 GiB/s)
 local defaults = proxy65.defaults;
 local service_options = {
 	activation_timeout = options.number(module, "proxy65_activation_timeout", defaults.activation_timeout, 1, 86400);
@@ -45,6 +47,9 @@ local service_options = {
 		buffer_size = options.number(module, "proxy65_buffer_size", 4 * MiB, 4096, 256 * MiB, true);
 		idle_timeout = options.number(module, "proxy65_idle_timeout", 300, 0, 86400 * 7, true);
 		sockbuf = options.number(module, "proxy65_socket_buffer", 0, 0, 64 * MiB, true);
+		rate_limit = options.number(module, "proxy65_rate_limit", 0, 0, RATE_MAX, true);
+		total_rate_limit = options.number(module, "proxy65_total_rate_limit", 0, 0, RATE_MAX, true);
+		max_bytes = options.number(module, "proxy65_max_transfer_bytes", 0, 0, 2 ^ 53, true);
 	};
 };
 
@@ -56,6 +61,7 @@ local bytes_metric = module:metric("counter", "relayed", "bytes", "Bytes relayed
 local active_metric = module:metric("gauge", "active", "", "Active bytestreams"):with_labels();
 local pending_metric = module:metric("gauge", "pending", "", "SOCKS5 connections waiting for their partner or activation"):with_labels();
 local connections_metric = module:metric("gauge", "connections", "", "Sockets held, pending and relayed"):with_labels();
+local limited_metric = module:metric("counter", "rate_limited", "seconds", "Time bytestreams spent waiting for a bandwidth limit"):with_labels();
 
 local function log(level, fmt, ...)
 	return module:log(level, fmt, ...);
@@ -105,6 +111,11 @@ module:hook_global("stats-update", function ()
 		bytes_metric:add(stats.relayed - counted);
 		shared.relayed_counted = stats.relayed;
 	end
+	local limited = shared.limited_counted or 0;
+	if stats.limited_us > limited then
+		limited_metric:add((stats.limited_us - limited) / 1e6);
+		shared.limited_counted = stats.limited_us;
+	end
 end);
 
 function module.unload()
@@ -133,6 +144,28 @@ local function listening_port()
 	return ports[1];
 end
 
+-- "host", "host:port", "[IPv6]" or "[IPv6]:port" -> host, port (or nil);
+-- a bare IPv6 address (several colons) is a host. nil if malformed.
+local function parse_streamhost(entry)
+	local v6, rest = entry:match("^%[([%x:.]+)%](.*)$");
+	local address, port = v6, rest and rest:match("^:(%d+)$");
+	if v6 then
+		if rest ~= "" and not port then
+			return nil;
+		end
+	elseif select(2, entry:gsub(":", "")) > 1 then
+		address = entry:match("^[%x:.]+$");
+	else
+		address, port = entry:match("^([^:%s]+):(%d+)$");
+		address = address or entry:match("^[^:%s]+$");
+	end
+	port = tonumber(port);
+	if not address or (port and (port < 1 or port > 65535)) then
+		return nil;
+	end
+	return address, port;
+end
+
 function module.add_host(module)
 	if module:get_host_type() ~= "component" then
 		error("proxy65 must be loaded as a Component, e.g. Component \"proxy."
@@ -142,7 +175,19 @@ function module.add_host(module)
 	options.warn_host_level(module, global_options);
 	local host = module:get_host();
 	local name = module:get_option_string("name", "SOCKS5 Bytestreams Service");
-	local proxy_address = module:get_option_string("proxy65_address", host);
+	-- Each entry is advertised as a <streamhost/>, in order: "host" (with
+	-- the port we listen on) or "host:port" / "[v6]:port" (a port forwarded
+	-- to ours, behind NAT). Where we listen is proxy65_interfaces/_ports.
+	local streamhosts = {};
+	for _, entry in ipairs(module:get_option_array("proxy65_address", { host })) do
+		local address, port = parse_streamhost(tostring(entry));
+		if address then
+			table.insert(streamhosts, { host = address, port = port });
+		else
+			module:log("error", "Config option 'proxy65_address' has an entry %q that is not host, host:port"
+				.. " or [IPv6]:port; it is not advertised", tostring(entry));
+		end
+	end
 	local proxy_acl = module:get_option_array("proxy65_acl");
 	local proxy_open_access = module:get_option_boolean("proxy65_open_access", false);
 
@@ -178,9 +223,11 @@ function module.add_host(module)
 			origin.send(st.error_reply(stanza, "wait", "item-not-found", "Not listening on any port"));
 			return true;
 		end
-		origin.send(st.reply(stanza)
-			:tag("query", { xmlns = xmlns_bytestreams, sid = stanza.tags[1].attr.sid })
-			:tag("streamhost", { jid = host, host = proxy_address, port = ("%d"):format(port) }));
+		local reply = st.reply(stanza):tag("query", { xmlns = xmlns_bytestreams, sid = stanza.tags[1].attr.sid });
+		for _, streamhost in ipairs(streamhosts) do
+			reply:tag("streamhost", { jid = host, host = streamhost.host, port = ("%d"):format(streamhost.port or port) }):up();
+		end
+		origin.send(reply);
 		return true;
 	end);
 

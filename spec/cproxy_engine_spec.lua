@@ -286,5 +286,92 @@ describe("cproxy.core.engine", function ()
 	it("rejects bad options", function ()
 		assert.has_error(function () core.engine({ mode = "teleport" }) end);
 		assert.has_error(function () core.engine({ buffer_size = 1 }) end);
+		assert.has_error(function () core.engine({ rate_limit = -1 }) end);
+		assert.has_error(function () core.engine({ max_bytes = "lots" }) end);
+	end);
+
+	it("applies new settings to running relays and those added after", function ()
+		local engine = assert(core.engine({ idle_timeout = 0 }));
+		local a, b = relayed_pair(engine);
+		assert.is_true(engine:configure({ idle_timeout = 1, max_bytes = 10 }));
+		-- The relay from before is now idle for too long...
+		local results = await_results(engine, 1);
+		assert.is_true(results[1].timed_out);
+		a:close(); b:close();
+		-- ...and a new one gets the size cap.
+		a, b = relayed_pair(engine);
+		local got = s5.run({ { from = a, to = b, data = ("x"):rep(100), finish = "keep" } }, 10);
+		assert.truthy(#got[1] <= 11);
+		a:close(); b:close();
+		engine:close();
+		assert.has_error(function () engine:configure({}) end);
 	end);
 end);
+
+for _, mode in ipairs({ "copy", "splice" }) do
+	describe("cproxy.core.engine limits (" .. mode .. " mode)", function ()
+		it("aborts a relay that moves more than max_bytes, resetting both sides", function ()
+			local engine = assert(core.engine({ mode = mode, max_bytes = 100000 }));
+			local a, b = relayed_pair(engine);
+			local data = s5.random_bytes(300000, 4);
+			a:settimeout(5);
+			a:send(data);
+			local results = await_results(engine, 1);
+			assert.equal(1, #results);
+			assert.equal("File too large", results[1].error);
+			assert.is_nil(results[1].failed);
+			assert.truthy(results[1].target_bytes <= 100002, results[1].target_bytes);
+			assert.equal("reset", (s5.await_end(b, 2)));
+			a:close(); b:close();
+			engine:close();
+		end);
+
+		it("relays exactly max_bytes intact", function ()
+			local engine = assert(core.engine({ mode = mode, max_bytes = 100000 }));
+			local a, b = relayed_pair(engine);
+			local data = s5.random_bytes(100000, 5);
+			local got = s5.run({ { from = a, to = b, data = data } }, 10);
+			assert.equal(s5.sha256(data), s5.sha256(got[1]));
+			a:close(); b:close();
+			local results = await_results(engine, 1);
+			assert.is_nil(results[1].error);
+			engine:close();
+		end);
+
+		it("relays intact under a rate limit, and counts the time limited", function ()
+			local engine = assert(core.engine({ mode = mode, rate_limit = 4 * 1048576 }));
+			local a, b = relayed_pair(engine);
+			local data = s5.random_bytes(2 * 1048576 + 3, 6);
+			local got = s5.run({ { from = a, to = b, data = data } }, 30);
+			assert.equal(s5.sha256(data), s5.sha256(got[1]));
+			assert.truthy(engine:stats().limited_us > 0);
+			a:close(); b:close();
+			engine:close();
+		end);
+
+		-- The rate itself is a measurement, so it runs with `make stress`.
+		it("holds a rate limit within 10% over 5 s, per relay and in total #slow", function ()
+			local rate = 2 * 1048576;
+			for _, opts in ipairs({ { rate_limit = rate }, { total_rate_limit = rate } }) do
+				opts.mode = mode;
+				local engine = assert(core.engine(opts));
+				local flows, socks = {}, {};
+				local streams = opts.total_rate_limit and 2 or 1;
+				for i = 1, streams do
+					local a, b = relayed_pair(engine);
+					flows[i] = { from = a, to = b, data = s5.random_bytes(6 * rate / streams, i) };
+					socks[#socks + 1], socks[#socks + 2] = a, b;
+				end
+				local t0 = socket.gettime();
+				s5.run(flows, 60);
+				local measured = 6 * rate / (socket.gettime() - t0);
+				assert.truthy(math.abs(measured / rate - 1) <= 0.1,
+					("%.0f bytes/s against a limit of %d"):format(measured, rate));
+				for _, sock in ipairs(socks) do
+					sock:close();
+				end
+				engine:close();
+			end
+		end);
+	end);
+end

@@ -35,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bucket.h"
 #include "engine.h"
 #include "fd.h"
 
@@ -57,6 +58,9 @@ struct entry {
 	int64_t last_active_ms;
 	uint64_t last_bytes;
 	uint64_t counted;	/* bytes already added to engine.relayed */
+	struct bucket bucket;	/* its own bandwidth limit */
+	uint64_t max_bytes;	/* its size cap, 0: none */
+	int64_t limited_since_us;	/* waiting for bandwidth since, or 0 */
 	int queued;	/* on the run list */
 	struct entry *run_next;
 	struct entry *prev, *next;	/* active list (thread) or incoming list */
@@ -73,7 +77,8 @@ struct engine {
 	struct entry *incoming;
 	struct relay_buffer next_buf;	/* from engine_configure, for the thread */
 	int next_idle_timeout_ms;
-	int reconfigure;	/* the two above are waiting to be taken */
+	uint64_t next_total_rate;
+	int reconfigure;	/* the three above are waiting to be taken */
 	/*
 	 * Results not yet reaped. done_cap >= done_len + stats.active +
 	 * reserved at all times: each relay has room for its result from
@@ -87,20 +92,30 @@ struct engine {
 
 	/* Bytes relayed so far, by running relays too; read without the lock. */
 	_Atomic uint64_t relayed;
+	_Atomic uint64_t limited_us;	/* see engine_stats */
 
 	/* Owned by the engine thread. */
 	struct entry *active;
 	struct entry *run_head, *run_tail;
 	struct relay_buffer buf;
+	struct bucket total;	/* the limit of all relays together */
+	int limited;	/* relays waiting for bandwidth */
+	int64_t unlimit_at_us;	/* when to give them another turn */
 };
 
 static int64_t
-now_ms(void)
+now_us(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int64_t
+now_ms(void)
+{
+	return now_us() / 1000;
 }
 
 static void
@@ -153,6 +168,9 @@ finish(struct engine *e, struct entry *en, int timed_out)
 
 	for (int side = 0; side < 2; side++) {
 		(void)epoll_ctl(e->epfd, EPOLL_CTL_DEL, en->relay.fd[side], NULL);
+	}
+	if (en->limited_since_us) {
+		e->limited--;
 	}
 	res.id = en->id;
 	res.bytes[0] = en->relay.dir[0].bytes;
@@ -217,6 +235,7 @@ take_incoming(struct engine *e)
 	stopping = e->stopping;
 	if (e->reconfigure) {
 		e->cfg.idle_timeout_ms = e->next_idle_timeout_ms;
+		bucket_set_rate(&e->total, e->next_total_rate, now_us());
 		if (e->next_buf.data) {
 			old = e->buf;
 			e->buf = e->next_buf;
@@ -250,21 +269,94 @@ take_incoming(struct engine *e)
 	return stopping;
 }
 
+/*
+ * How much `en` may move this turn: the pump budget, within its bandwidth
+ * limits and (one byte past) its size cap. 0: it must wait for bandwidth.
+ */
+static size_t
+turn_budget(struct engine *e, struct entry *en, int64_t now)
+{
+	size_t budget = PUMP_BUDGET;
+	size_t allowed;
+
+	if (en->bucket.rate || e->total.rate) {
+		allowed = bucket_allowance(&en->bucket, now);
+		if (allowed > 0) {
+			size_t total = bucket_allowance(&e->total, now);
+			allowed = total < allowed ? total : allowed;
+		}
+		if (allowed == 0) {
+			int64_t wait = bucket_wait_us(&en->bucket, now);
+			int64_t wait_total = bucket_wait_us(&e->total, now);
+			int64_t at = now + (wait > wait_total ? wait : wait_total);
+			if (!en->limited_since_us) {
+				en->limited_since_us = now;
+				e->limited++;
+			}
+			if (e->unlimit_at_us == 0 || at < e->unlimit_at_us) {
+				e->unlimit_at_us = at;
+			}
+			return 0;
+		}
+		budget = allowed < budget ? allowed : budget;
+	}
+	if (en->max_bytes) {
+		uint64_t bytes = entry_bytes(en);
+		uint64_t left = bytes <= en->max_bytes ? en->max_bytes - bytes + 1 : 1;
+		budget = left < budget ? (size_t)left : budget;
+	}
+	return budget;
+}
+
+/* Gives the relays waiting for bandwidth a turn, once it is due. */
+static void
+unlimit_due(struct engine *e, int64_t now)
+{
+	if (e->limited == 0 || now < e->unlimit_at_us) {
+		return;
+	}
+	e->unlimit_at_us = 0;
+	for (struct entry *en = e->active; en; en = en->next) {
+		if (en->limited_since_us) {
+			atomic_fetch_add_explicit(&e->limited_us, (uint64_t)(now - en->limited_since_us),
+			    memory_order_relaxed);
+			en->limited_since_us = 0;
+			e->limited--;
+			run_push(e, en);
+		}
+	}
+}
+
 static void
 run_all(struct engine *e)
 {
 	struct entry *list = e->run_head;
+	int64_t now = (e->limited || list) ? now_us() : 0;
 
 	e->run_head = e->run_tail = NULL;
 	while (list) {
 		struct entry *en = list;
 		list = list->run_next;
 		en->queued = 0;
-		enum relay_status status = relay_pump(&en->relay, &e->buf, PUMP_BUDGET);
+		if (en->limited_since_us) {
+			continue;	/* its turn comes with unlimit_due() */
+		}
+		size_t budget = turn_budget(e, en, now);
+		if (budget == 0) {
+			continue;
+		}
+		enum relay_status status = relay_pump(&en->relay, &e->buf, budget);
 		uint64_t bytes = entry_bytes(en);
 		if (bytes != en->counted) {
-			atomic_fetch_add_explicit(&e->relayed, bytes - en->counted, memory_order_relaxed);
+			uint64_t moved = bytes - en->counted;
+			atomic_fetch_add_explicit(&e->relayed, moved, memory_order_relaxed);
 			en->counted = bytes;
+			bucket_take(&en->bucket, moved);
+			bucket_take(&e->total, moved);
+		}
+		if (en->max_bytes && bytes > en->max_bytes && status != RELAY_FINISHED) {
+			en->relay.error = EFBIG;	/* aborts both sides: see relay_close() */
+			status = RELAY_FINISHED;
 		}
 		switch (status) {
 		case RELAY_FINISHED:
@@ -290,7 +382,8 @@ sweep_idle(struct engine *e, int64_t now)
 		if (bytes != en->last_bytes) {
 			en->last_bytes = bytes;
 			en->last_active_ms = now;
-		} else if (now - en->last_active_ms >= e->cfg.idle_timeout_ms && !en->queued) {
+		} else if (now - en->last_active_ms >= e->cfg.idle_timeout_ms && !en->queued
+		    && !en->limited_since_us) {
 			finish(e, en, 1);
 		}
 		en = next;
@@ -311,6 +404,13 @@ engine_main(void *arg)
 		} else if (e->cfg.idle_timeout_ms > 0) {
 			timeout = SWEEP_INTERVAL_MS;
 		}
+		if (e->limited && timeout != 0) {
+			int64_t wait = (e->unlimit_at_us - now_us() + 999) / 1000;
+			wait = wait < 0 ? 0 : wait;
+			if (timeout < 0 || wait < timeout) {
+				timeout = (int)wait;
+			}
+		}
 		int n = epoll_wait(e->epfd, events, MAX_EVENTS, timeout);
 		if (n < 0 && errno != EINTR) {
 			break;	/* only EBADF/EINVAL: a broken engine, stop */
@@ -326,6 +426,9 @@ engine_main(void *arg)
 			}
 			relay_event(&tag->entry->relay, tag->side, events[i].events);
 			run_push(e, tag->entry);
+		}
+		if (e->limited) {
+			unlimit_due(e, now_us());
 		}
 		run_all(e);
 		if (e->cfg.idle_timeout_ms > 0) {
@@ -435,6 +538,7 @@ forget_lost_thread(struct engine *e)
 	}
 	e->thread_started = 0;
 	e->stopping = 0;
+	e->limited = 0;
 	fd_close(&e->epfd);
 	fd_close(&e->wakefd);
 	if (e->done_len > 0) {
@@ -464,6 +568,7 @@ engine_new(const struct engine_config *cfg, int *err)
 	}
 	e->cfg = *cfg;
 	e->epfd = e->wakefd = e->notifyfd = -1;
+	bucket_init(&e->total, cfg->total_rate_limit, now_us());
 	pthread_mutex_init(&e->lock, NULL);
 	e->buf.size = cfg->buffer_size ? cfg->buffer_size : (4u << 20);
 	e->buf.data = malloc(e->buf.size);
@@ -503,8 +608,11 @@ engine_configure(struct engine *e, const struct engine_config *cfg)
 	e->cfg.mode = cfg->mode;
 	e->cfg.sockbuf = cfg->sockbuf;
 	e->cfg.buffer_size = cfg->buffer_size;
+	e->cfg.rate_limit = cfg->rate_limit;
+	e->cfg.max_bytes = cfg->max_bytes;
 	if (!e->thread_started) {
 		e->cfg.idle_timeout_ms = cfg->idle_timeout_ms;
+		bucket_set_rate(&e->total, cfg->total_rate_limit, now_us());
 		if (buf.data) {
 			free(e->buf.data);
 			e->buf = buf;
@@ -516,6 +624,7 @@ engine_configure(struct engine *e, const struct engine_config *cfg)
 	free(e->next_buf.data);
 	e->next_buf = buf;
 	e->next_idle_timeout_ms = cfg->idle_timeout_ms;
+	e->next_total_rate = cfg->total_rate_limit;
 	e->reconfigure = 1;
 	pthread_mutex_unlock(&e->lock);
 	signal_fd(e->wakefd);
@@ -601,6 +710,8 @@ engine_add(struct engine *e, uint64_t id, int fd0, int fd1,
 		apply_sockbuf(fd1, e->cfg.sockbuf);
 	}
 	en->id = id;
+	bucket_init(&en->bucket, e->cfg.rate_limit, now_us());
+	en->max_bytes = e->cfg.max_bytes;
 	en->tag[0].entry = en->tag[1].entry = en;
 	en->tag[0].side = 0;
 	en->tag[1].side = 1;
@@ -649,6 +760,7 @@ engine_get_stats(struct engine *e, struct engine_stats *st)
 	pthread_mutex_lock(&e->lock);
 	*st = e->stats;
 	st->relayed = atomic_load_explicit(&e->relayed, memory_order_relaxed);
+	st->limited_us = atomic_load_explicit(&e->limited_us, memory_order_relaxed);
 	pthread_mutex_unlock(&e->lock);
 }
 

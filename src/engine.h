@@ -20,6 +20,9 @@ struct engine_config {
 	enum relay_mode mode;
 	int idle_timeout_ms;	/* 0: relays never time out */
 	int sockbuf;	/* SO_SNDBUF/SO_RCVBUF to set, 0: leave to the kernel */
+	uint64_t rate_limit;	/* bytes/s of each relay, both ways; 0: none */
+	uint64_t total_rate_limit;	/* bytes/s of all relays together; 0: none */
+	uint64_t max_bytes;	/* a relay moving more is aborted; 0: no cap */
 };
 
 struct engine_result {
@@ -34,6 +37,7 @@ struct engine_stats {
 	uint64_t started, finished, failed, timed_out, active;
 	uint64_t bytes;	/* delivered by finished relays */
 	uint64_t relayed;	/* delivered so far, by running relays too */
+	uint64_t limited_us;	/* time relays spent waiting for a bandwidth limit */
 };
 
 struct engine;
@@ -42,9 +46,10 @@ struct engine;
 struct engine *engine_new(const struct engine_config *cfg, int *err);
 
 /*
- * Change the settings for what comes next: mode and socket buffers apply
- * to relays added from now on; the idle timeout and the copy buffer to all
- * relays, from the thread's next turn. Returns 0 or an errno value.
+ * Change the settings for what comes next: mode, socket buffers, the rate
+ * limit and the size cap apply to relays added from now on; the idle
+ * timeout, the total rate limit and the copy buffer to all relays, from
+ * the thread's next turn. Returns 0 or an errno value.
  */
 int engine_configure(struct engine *e, const struct engine_config *cfg);
 

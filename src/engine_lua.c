@@ -67,14 +67,18 @@ check_config(lua_State *L, int t, struct engine_config *cfg)
 	/* In ms the bound must fit an int: 24 days is the most an int holds. */
 	cfg->idle_timeout_ms = (int)opt_field(L, t, "idle_timeout", 0, 0, 86400 * 24) * 1000;
 	cfg->sockbuf = (int)opt_field(L, t, "sockbuf", 0, 0, 1 << 30);
+	/* Rates up to 16 GiB/s keep the bucket's arithmetic in 64 bits. */
+	cfg->rate_limit = (uint64_t)opt_field(L, t, "rate_limit", 0, 0, (lua_Integer)1 << 34);
+	cfg->total_rate_limit = (uint64_t)opt_field(L, t, "total_rate_limit", 0, 0, (lua_Integer)1 << 34);
+	cfg->max_bytes = (uint64_t)opt_field(L, t, "max_bytes", 0, 0, LUA_MAXINTEGER);
 	lua_getfield(L, t, "mode");
 	cfg->mode = (enum relay_mode)luaL_checkoption(L, -1, "splice", modes);
 	lua_pop(L, 1);
 }
 
 /*
- * engine{ buffer_size=, mode="splice"|"copy", idle_timeout=seconds, sockbuf= }
- *   -> engine | nil, err, errno
+ * engine{ buffer_size=, mode="splice"|"copy", idle_timeout=seconds, sockbuf=,
+ *   rate_limit=, total_rate_limit= (bytes/s), max_bytes= } -> engine | nil, err, errno
  */
 static int
 l_new(lua_State *L)
@@ -208,7 +212,7 @@ l_stats(lua_State *L)
 	struct engine_stats st;
 
 	engine_get_stats(check_engine(L), &st);
-	lua_createtable(L, 0, 7);
+	lua_createtable(L, 0, 8);
 	set_integer(L, "started", st.started);
 	set_integer(L, "finished", st.finished);
 	set_integer(L, "failed", st.failed);
@@ -216,6 +220,7 @@ l_stats(lua_State *L)
 	set_integer(L, "active", st.active);
 	set_integer(L, "bytes", st.bytes);
 	set_integer(L, "relayed", st.relayed);
+	set_integer(L, "limited_us", st.limited_us);
 	return 1;
 }
 

@@ -1,11 +1,15 @@
 /*
  * cproxy.core.own_fd(fd): a socket fd held between net.server and the
- * relay engine. proxy65 takes a socket away from Prosody's loop when a
- * client half-closes right after its handshake (the loop would close it);
- * the handle keeps it open until activation hands it to the engine, and
- * closes it if that never happens. Nothing here reads or writes the fd.
+ * relay engine. proxy65 takes each socket away from Prosody's loop once
+ * its SOCKS5 handshake is done; the handle keeps it open until activation
+ * hands it to the engine, and closes it if that never happens. Nothing
+ * here reads or writes the fd: probe() only peeks.
  * SPDX-License-Identifier: MIT
  */
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
 #include "cproxy.h"
 #include "fd.h"
 
@@ -59,6 +63,35 @@ l_release(lua_State *L)
 	return 1;
 }
 
+/*
+ * (handle) -> "data" | "eof" | "empty" | nil, err, errno
+ * What reading would find, without reading: bytes, the peer's FIN, or
+ * nothing yet. For a socket waiting for activation: its input must stay
+ * queued for the relay, but a peer that leaves should be noticed.
+ */
+static int
+l_probe(lua_State *L)
+{
+	struct owned_fd *h = check_owned(L);
+	char byte;
+	ssize_t n;
+
+	luaL_argcheck(L, h->fd >= 0, 1, "fd closed or released");
+	do {
+		n = recv(h->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+	} while (n < 0 && errno == EINTR);
+	if (n > 0) {
+		lua_pushliteral(L, "data");
+	} else if (n == 0) {
+		lua_pushliteral(L, "eof");
+	} else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+		lua_pushliteral(L, "empty");
+	} else {
+		return errors_push(L, errno);
+	}
+	return 1;
+}
+
 /* (handle) -> true   idempotent; also __gc and __close */
 static int
 l_close(lua_State *L)
@@ -89,6 +122,7 @@ fd_lua_open(lua_State *L)
 	static const luaL_Reg methods[] = {
 		{ "getfd", l_getfd },
 		{ "release", l_release },
+		{ "probe", l_probe },
 		{ "close", l_close },
 		{ NULL, NULL }
 	};

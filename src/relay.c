@@ -301,6 +301,9 @@ pump_run(struct relay *r, int d, struct relay_buffer *buf, size_t budget)
 			p->ready = 1;
 			return RELAY_MORE;
 		}
+		if (want > budget - moved) {
+			want = budget - moved;	/* a limited turn takes no more */
+		}
 		if (r->mode == RELAY_SPLICE) {
 			step = splice_step(p, r->fd[src], r->fd[dst], want, &moved, &err);
 		} else {

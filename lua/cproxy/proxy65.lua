@@ -140,8 +140,10 @@ end
 local function ending(result)
 	if result.timed_out then
 		return "idle";
+	elseif result.error and result.failed then
+		return ("%s on the %s's side"):format(result.error, result.failed);
 	elseif result.error then
-		return ("%s on the %s's side"):format(result.error, result.failed or "either");
+		return result.error; -- the relay's own decision, e.g. the size cap
 	end
 	return "completed";
 end
@@ -165,6 +167,13 @@ function service_mt:reap()
 				bytes, result.initiator_bytes, result.target_bytes, seconds, bytes / seconds / 1048576);
 			self.on_finished(result, pair);
 		end
+	end
+end
+
+local function unwatch(session)
+	if session.watcher then
+		session.watcher:close();
+		session.watcher = nil;
 	end
 end
 
@@ -192,6 +201,7 @@ end
 -- Closes a connection not yet handed to the engine.
 function service_mt:close_session(session)
 	if session.parked then
+		unwatch(session);
 		session.parked:close();
 		self:drop(session);
 	else
@@ -200,16 +210,34 @@ function service_mt:close_session(session)
 	end
 end
 
--- A client that half-closes right behind its handshake (request, data and
--- FIN in one read) would have its socket closed by net.server, which sees
--- the end of input. Take the socket away from it first, with the bytes
--- read so far, and hold it until activation: the FIN stays queued in the
--- kernel and the engine passes it on after those bytes.
+-- Once its handshake is done, a connection leaves net.server: its stream
+-- bytes must wait in the kernel for the relay, and net.server would read
+-- them (or, seeing a FIN behind them, close the socket). Its fd is held
+-- and watched only to notice a peer that leaves before activation.
 function service_mt:park(session)
 	local fd, buffered = detach(session.conn);
 	session.early = session.early .. buffered;
 	session.parked = core.own_fd(fd);
-	self.log("debug", "SOCKS5 client for %s half-closed before activation; holding its socket", session.hash);
+	session.conn:close(); -- net.server's record and the socket object, not the fd
+	session.watcher = self.server.watchfd(fd, function ()
+		self:probe(session);
+	end);
+end
+
+-- A parked socket turned readable: bytes stay for the relay, and watching
+-- stops (they would keep it readable); a FIN with no stream byte before it,
+-- or an error, means the client has left.
+function service_mt:probe(session)
+	if self.sessions[session.conn] ~= session then
+		return unwatch(session);
+	end
+	local state, err = session.parked:probe();
+	if state == "data" or (state == "eof" and session.early ~= "") then
+		unwatch(session); -- a half-close after stream bytes is relayed
+	elseif state == "eof" or not state then
+		self.log("debug", "SOCKS5 client for %s left before activation (%s)", session.hash, err or "closed");
+		self:close_session(session);
+	end
 end
 
 -- Closes `session` after `seconds` (unless 0) unless it moves on first.
@@ -251,7 +279,6 @@ function service_mt:request_done(session, parser)
 		self.log("debug", "Refusing a third connection for %s", hash);
 		return refuse(self, session, parser, "hash-in-use");
 	end
-	conn:pause(); -- early bytes stay in the kernel until activation
 	local ok, err = send_now(conn, parser:accept());
 	if not ok then
 		self.log("debug", "Could not send the SOCKS5 reply: %s", err);
@@ -259,6 +286,7 @@ function service_mt:request_done(session, parser)
 		return;
 	end
 	session.hash = hash;
+	self:park(session);
 	self:expire_in(session, self.activation_timeout, "not activated");
 	if pair then
 		pair.initiator = session;
@@ -293,9 +321,9 @@ function service_mt:make_listener()
 		end
 	end
 
-	-- err is "closed" when these are the last bytes before the peer's FIN
-	-- (server_epoll; server_select drops such bytes and never calls this).
-	function listener.onincoming(conn, data, err)
+	-- With server_epoll, the bytes of a read that ended in the peer's FIN
+	-- arrive here before the disconnect; server_select drops them.
+	function listener.onincoming(conn, data)
 		if not self.sessions[conn] and conn:ssl() then
 			-- mod_net_multiplex matches the same pattern on its TLS ports.
 			-- The relay moves raw bytes between fds: inside TLS they would
@@ -305,12 +333,8 @@ function service_mt:make_listener()
 			return;
 		end
 		local session = session_for(conn);
-		if session.hash then -- past the handshake (a backend may still read once)
-			session.early = session.early .. data;
-			if err == "closed" and not session.parked and self.sessions[conn] == session then
-				self:park(session);
-			end
-			return;
+		if session.parked then
+			return; -- cannot happen: parked connections have left net.server
 		end
 		local parser = session.parser;
 		local state, reply, used, reason = parser:feed(data);
@@ -330,9 +354,6 @@ function service_mt:make_listener()
 		if state == "done" then
 			session.early = data:sub(used + 1);
 			self:request_done(session, parser);
-			if err == "closed" and session.hash and self.sessions[conn] == session then
-				self:park(session);
-			end
 		end
 	end
 
@@ -350,12 +371,8 @@ end
 
 -- The fd of a session for the engine, and the bytes buffered with it.
 local function take_fd(session)
-	if session.parked then
-		return session.parked:release(), "";
-	end
-	local fd, buffered = detach(session.conn);
-	session.conn:close(); -- the socket object only: its fd is no longer its own
-	return fd, buffered;
+	unwatch(session);
+	return session.parked:release(), "";
 end
 
 -- XEP-0065 activation of the pair with this hash. who: { sid=,
@@ -429,6 +446,7 @@ function service_mt:close()
 	end
 	for _, session in pairs(self.sessions) do
 		if session.parked then
+			unwatch(session);
 			session.parked:close();
 		else
 			session.conn:close();
