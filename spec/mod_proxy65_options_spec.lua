@@ -119,4 +119,53 @@ describe("mod_proxy65 reloaded with new options #integration", function ()
 		assert.is_true(transfer_works(server, alice, bob));
 		assert.is_nil(server:log():match("Could not apply"));
 	end);
+
+	it("keeps transfers running through a reload, and leaks no fd (#19)", function ()
+		server:add_global("proxy65_idle_timeout = 300");
+		assert.truthy(server:shell("config:reload()"));
+		assert.truthy(server:shell("module:reload(\"proxy65\")"));
+		local fds = server:fd_count();
+		local flows, socks = {}, {};
+		for i = 1, 3 do
+			local t_sock, i_sock = bs.open_stream(server, alice, bob);
+			flows[i] = { from = i_sock, to = t_sock, data = s5.random_bytes(3 * 1048576 + i, i), chunk = 4096 };
+			socks[#socks + 1], socks[#socks + 2] = t_sock, i_sock;
+			-- Half-way through when the module reloads.
+			i_sock:send(flows[i].data:sub(1, 1048576));
+			flows[i].data = flows[i].data:sub(1048577);
+			flows[i].head = 1048576;
+		end
+		local ok, out = server:shell("module:reload(\"proxy65\")");
+		assert.truthy(ok and out:match("OK"), out);
+		local got = s5.run(flows, 60);
+		for i = 1, 3 do
+			assert.equal(#flows[i].data + flows[i].head, #got[i]);
+		end
+		for _, sock in ipairs(socks) do
+			sock:close();
+		end
+		assert.is_true(transfer_works(server, alice, bob));
+		local deadline = socket.gettime() + 5;
+		while server:fd_count() ~= fds and socket.gettime() < deadline do
+			socket.sleep(0.05);
+		end
+		assert.equal(fds, server:fd_count());
+	end);
+
+	it("resets live transfers when unloaded, and closes its port (#19)", function ()
+		local t_sock, i_sock = bs.open_stream(server, alice, bob);
+		assert(i_sock:send("x"));
+		t_sock:settimeout(5);
+		assert.equal("x", t_sock:receive(1));
+		local ok, out = server:shell("module:unload(\"proxy65\")");
+		assert.truthy(ok and out:match("OK"), out);
+		assert.equal("reset", (s5.await_end(t_sock, 5)));
+		assert.equal("reset", (s5.await_end(i_sock, 5)));
+		t_sock:close(); i_sock:close();
+		local sock = socket.tcp();
+		sock:settimeout(2);
+		assert.is_nil(sock:connect("127.0.0.1", server.ports.proxy65));
+		sock:close();
+		assert.is_nil(server:log():match("[Tt]raceback"));
+	end);
 end);

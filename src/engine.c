@@ -441,6 +441,10 @@ engine_main(void *arg)
 	}
 stop:
 	while (e->active) {
+		/* Cut short: reset both peers rather than pass it off as complete. */
+		if (e->active->relay.error == 0) {
+			e->active->relay.error = ECANCELED;
+		}
 		finish(e, e->active, 0);
 	}
 	return NULL;
