@@ -13,6 +13,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local cproxy = dofile(here .. "/cproxy/boot.lua")(here);
 local proxy65 = cproxy.require("proxy65");
 local options = cproxy.require("options");
+local diagnose = cproxy.require("diagnose");
 module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";
@@ -22,6 +23,8 @@ local server = require "net.server";
 local timer = require "util.timer";
 local time_now = require "util.time".now;
 local portmanager = require "core.portmanager";
+local new_resolver = require "net.resolvers.basic".new;
+local pton = require "util.net".pton;
 
 local xmlns_bytestreams = "http://jabber.org/protocol/bytestreams";
 
@@ -61,6 +64,7 @@ local bytes_metric = module:metric("counter", "relayed", "bytes", "Bytes relayed
 local active_metric = module:metric("gauge", "active", "", "Active bytestreams"):with_labels();
 local pending_metric = module:metric("gauge", "pending", "", "SOCKS5 connections waiting for their partner or activation"):with_labels();
 local connections_metric = module:metric("gauge", "connections", "", "Sockets held, pending and relayed"):with_labels();
+local half_pairs_metric = module:metric("counter", "half_pairs", "", "Pairs whose target connected and initiator never did, by listening port", { "port" });
 local limited_metric = module:metric("counter", "rate_limited", "seconds", "Time bytestreams spent waiting for a bandwidth limit"):with_labels();
 
 local function log(level, fmt, ...)
@@ -75,6 +79,8 @@ end
 local function on_count(counter, reason)
 	if counter == "handshake_failures" then
 		handshake_metric:with_labels(reason):add(1);
+	elseif counter == "half_pairs" then
+		half_pairs_metric:with_labels(reason):add(1);
 	end
 end
 
@@ -133,7 +139,7 @@ module:provides("net", {
 	};
 });
 
-local function listening_port()
+local function listening_ports()
 	local ports = {};
 	for _, by_port in ipairs(portmanager.get_active_services():search("proxy65", nil)) do
 		for port in pairs(by_port) do
@@ -141,8 +147,32 @@ local function listening_port()
 		end
 	end
 	table.sort(ports);
-	return ports[1];
+	return ports;
 end
+
+local function listening_port()
+	return listening_ports()[1];
+end
+
+-- All addresses of a name (or the address itself), through Prosody's
+-- asynchronous resolver.
+local function resolve(host, port, callback)
+	local resolver = new_resolver(host, port, "tcp", {});
+	local addresses = {};
+	local function collect(conn_type, ip)
+		if not conn_type then
+			return callback(addresses, resolver.last_error);
+		end
+		table.insert(addresses, ip);
+		return resolver:next(collect);
+	end
+	resolver:next(collect);
+end
+
+local diagnose_deps = { resolve = resolve, connect = server.addclient, timer = timer, pton = pton };
+
+-- The last check of each component's streamhosts (see cproxy/diagnose.lua).
+local reports = module:shared("streamhost-reports");
 
 -- "host", "host:port", "[IPv6]" or "[IPv6]:port" -> host, port (or nil);
 -- a bare IPv6 address (several colons) is a host. nil if malformed.
@@ -190,6 +220,28 @@ function module.add_host(module)
 	end
 	local proxy_acl = module:get_option_array("proxy65_acl");
 	local proxy_open_access = module:get_option_boolean("proxy65_open_access", false);
+
+	-- Once the loop runs: ports are open then, and lookups can complete.
+	local function check_streamhosts(done)
+		diagnose.check(diagnose_deps, host, streamhosts, listening_ports(), function (report)
+			reports[host] = report;
+			for _, entry in ipairs(report) do
+				for _, problem in ipairs(entry.problems) do
+					module:log("warn", "Streamhost %s: %s", entry.streamhost, problem);
+				end
+				if #entry.problems == 0 then
+					module:log("debug", "Streamhost %s is reachable", entry.streamhost);
+				end
+			end
+			if done then
+				done(report);
+			end
+		end);
+	end
+	module.check_streamhosts = check_streamhosts;
+	module:add_timer(0, function ()
+		check_streamhosts();
+	end);
 
 	module:depends("disco");
 	module:add_identity("proxy", "bytestreams", name);

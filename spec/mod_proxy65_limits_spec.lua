@@ -58,6 +58,9 @@ Component "proxy.localhost" "proxy65"
 
 Component "domain-acl.localhost" "proxy65"
 	proxy65_acl = { "localhost" }
+
+Component "proxy.example.com" "proxy65"
+	proxy65_address = { "10.255.255.1", "127.0.0.1:1" }
 ]];
 			accounts = { { "alice", "localhost", "alice-pw" }, { "bob", "localhost", "bob-pw" },
 				{ "carol", "other.localhost", "carol-pw" } };
@@ -173,9 +176,21 @@ Component "domain-acl.localhost" "proxy65"
 		t_sock:close(); i_sock:close();
 		assert.truthy(server:wait_log("Transfer " .. escape(sid) .. " from [^\n]* ended %(completed%)"));
 		t_sock, i_sock, sid = bs.open_stream(server, alice, bob);
+		-- Keep sending and reading until the proxy cuts the stream.
+		local big, sent, ended = s5.random_bytes(6 * MiB, 9), 0, nil;
 		i_sock:settimeout(0);
-		i_sock:send(s5.random_bytes(6 * MiB, 9));
-		assert.equal("reset", (s5.await_end(t_sock, 5)));
+		local deadline = socket.gettime() + 10;
+		while not ended and socket.gettime() < deadline do
+			if sent < #big then
+				local n, _, partial = i_sock:send(big, sent + 1);
+				sent = n or (partial and partial > 0 and partial) or sent;
+			end
+			local how = s5.await_end(t_sock, 0.05);
+			if how ~= "timeout" then
+				ended = how;
+			end
+		end
+		assert.equal("reset", ended);
 		t_sock:close(); i_sock:close();
 		assert.truthy(server:wait_log("Transfer " .. escape(sid) .. " from [^\n]* ended %(File too large%)"));
 	end);
@@ -202,6 +217,33 @@ Component "domain-acl.localhost" "proxy65"
 		local port = tostring(server.ports.proxy65);
 		assert.same({ "127.0.0.1 " .. port, "proxy.localhost 7777", "::1 " .. port }, got);
 		assert.truthy(server:log():match("'proxy65_address' has an entry \"not a host:\""));
+	end);
+
+	it("checks each advertised streamhost and warns about those clients cannot use", function ()
+		local function warned(streamhost, text)
+			return server:wait_log("\twarn\tStreamhost " .. escape(streamhost) .. ": [^\n]*" .. escape(text), 10);
+		end
+		local port = server.ports.proxy65;
+		-- A name that does not resolve, and a port that is not ours.
+		assert.truthy(warned("proxy.localhost:7777", "does not resolve"));
+		assert.truthy(warned("proxy.localhost:7777", "port 7777 is not one proxy65 listens on"));
+		-- An address nothing of ours listens on: the hairpin check fails.
+		assert.truthy(warned("::1:" .. port, "could not reach this proxy through ::1 port " .. port));
+		assert.truthy(warned("127.0.0.1:1", "could not reach this proxy through 127.0.0.1 port 1"));
+		-- A private address is flagged for a public domain, not for a local one.
+		assert.truthy(warned("10.255.255.1:" .. port, "10.255.255.1 is a private address"));
+		assert.is_nil(server:log():match("Streamhost 127%.0%.0%.1:" .. port .. ": "));
+		assert.truthy(server:log():match("Streamhost 127%.0%.0%.1:" .. port .. " is reachable"));
+	end);
+
+	it("counts pairs whose initiator never came, by listening port", function ()
+		local before = metrics.fetch(metrics_port, "prosody_mod_proxy65__half_pairs");
+		local key = ("prosody_mod_proxy65__half_pairs_total{port=\"%d\"}"):format(server.ports.proxy65);
+		local t_sock = assert(s5.connect(server.ports.proxy65, s5.hash("alone", alice.jid, bob.jid)));
+		t_sock:close();
+		socket.sleep(0.3);
+		local after = metrics.fetch(metrics_port, "prosody_mod_proxy65__half_pairs");
+		assert.equal((before[key] or 0) + 1, after[key]);
 	end);
 
 	it("lets an ACL name a whole domain", function ()

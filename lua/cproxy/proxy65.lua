@@ -7,7 +7,8 @@
 local cproxy = ...;
 local core = cproxy.core;
 
-local setmetatable, pairs, ipairs, os_time, max = setmetatable, pairs, ipairs, os.time, math.max;
+local setmetatable, pairs, ipairs, tostring = setmetatable, pairs, ipairs, tostring;
+local os_time, max = os.time, math.max;
 local concat = table.concat;
 
 local M = {};
@@ -72,8 +73,8 @@ M.defaults = defaults;
 -- (net.server), timer (util.timer), now (a clock in seconds, e.g.
 -- util.time.now), log (function(level, fmt, ...)),
 -- on_finished (function(result, pair)), on_count (function(counter,
--- reason), for metrics: counter is "handshake_failures" or
--- "activations_refused").
+-- reason), for metrics: counter is "handshake_failures" or "half_pairs"
+-- (reason: the listening port)).
 function M.new(opts)
 	local engine, err = core.engine(opts.engine);
 	if not engine then
@@ -89,6 +90,7 @@ function M.new(opts)
 		connections = 0; -- sockets held: sessions, and two per relay
 		by_ip = {}; -- source address -> sockets held
 		by_user = {}; -- initiator's bare JID -> active relays
+		half_pairs = {}; -- listening port -> pairs whose initiator never came
 	}, service_mt);
 	self:configure(opts);
 	self.watcher = self.server.watchfd(engine:getfd(), function ()
@@ -191,6 +193,13 @@ function service_mt:drop(session)
 	local pair = session.hash and self.pairs[session.hash];
 	if pair and not pair.relay_id and (pair.target == session or pair.initiator == session) then
 		self.pairs[session.hash] = nil;
+		if not pair.initiator then
+			-- The target came, the initiator never did: the signature of a
+			-- streamhost address the initiator cannot reach.
+			local port = tostring(session.port or "?");
+			self.half_pairs[port] = (self.half_pairs[port] or 0) + 1;
+			self.on_count("half_pairs", port);
+		end
 		local other = pair.target == session and pair.initiator or pair.target;
 		if other then
 			self:close_session(other);
@@ -304,7 +313,8 @@ function service_mt:make_listener()
 		local session = self.sessions[conn];
 		if not session then
 			local ip = conn:ip() or "?";
-			session = { conn = conn, ip = ip, parser = core.socks5(), early = "" };
+			session = { conn = conn, ip = ip, port = conn.serverport and conn:serverport(),
+				parser = core.socks5(), early = "" };
 			-- Checked before this socket counts; refused once its request
 			-- is read, with a SOCKS5 reply that says so.
 			session.over_limit = self:over_limit(ip);
