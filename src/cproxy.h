@@ -12,6 +12,7 @@
 #define CPROXY_ENGINE_MT "cproxy.engine"
 #define CPROXY_JAT_MT "cproxy.jat"
 #define CPROXY_FD_MT "cproxy.fd"
+#define CPROXY_XMLSTREAM_MT "cproxy.xmlstream"
 
 /* Pushes nil, strerror(err), err and returns 3 (errors.c). */
 int errors_push(lua_State *L, int err);
@@ -21,5 +22,7 @@ void socks5_lua_open(lua_State *L);
 void engine_lua_open(lua_State *L);
 void jat_lua_open(lua_State *L);
 void fd_lua_open(lua_State *L);
+void xmlstream_lua_open(lua_State *L);
+void digest_lua_open(lua_State *L);
 
 #endif
