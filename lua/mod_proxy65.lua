@@ -14,6 +14,7 @@ local cproxy = dofile(here .. "/cproxy/boot.lua")(here);
 local proxy65 = cproxy.require("proxy65");
 local options = cproxy.require("options");
 local diagnose = cproxy.require("diagnose");
+local bytestreams = cproxy.require("bytestreams");
 module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";
@@ -26,7 +27,7 @@ local portmanager = require "core.portmanager";
 local new_resolver = require "net.resolvers.basic".new;
 local pton = require "util.net".pton;
 
-local xmlns_bytestreams = "http://jabber.org/protocol/bytestreams";
+local xmlns_bytestreams = bytestreams.xmlns;
 
 local MiB = 1024 * 1024;
 
@@ -262,68 +263,23 @@ function module.add_host(module)
 		return proxy_open_access or origin.type == "c2s";
 	end
 
+	local ctx = {
+		st = st, host = host, streamhosts = streamhosts, port = listening_port,
+		service = service, jid_prep = jid_prep, jid_bare = jid_bare,
+		sha1 = function (data) return sha1(data, true); end,
+		log = function (level, fmt, ...) return module:log(level, fmt, ...); end,
+		refused = function (condition) refused_metric:with_labels(condition):add(1); end,
+	};
+
 	module:hook("iq-get/host/" .. xmlns_bytestreams .. ":query", function (event)
-		local origin, stanza = event.origin, event.stanza;
-		if not is_permitted(origin, stanza) then
-			module:log("warn", "Denying use of proxy for %s", stanza.attr.from);
-			origin.send(st.error_reply(stanza, "auth", "forbidden"));
-			return true;
-		end
-		local port = listening_port();
-		if not port then
-			module:log("warn", "Not listening on any port");
-			origin.send(st.error_reply(stanza, "wait", "item-not-found", "Not listening on any port"));
-			return true;
-		end
-		local reply = st.reply(stanza):tag("query", { xmlns = xmlns_bytestreams, sid = stanza.tags[1].attr.sid });
-		for _, streamhost in ipairs(streamhosts) do
-			reply:tag("streamhost", { jid = host, host = streamhost.host, port = ("%d"):format(streamhost.port or port) }):up();
-		end
-		origin.send(reply);
+		ctx.permitted = function (stanza) return is_permitted(event.origin, stanza); end;
+		event.origin.send(bytestreams.query(ctx, event.stanza));
 		return true;
 	end);
 
 	module:hook("iq-set/host/" .. xmlns_bytestreams .. ":query", function (event)
-		local origin, stanza = event.origin, event.stanza;
-		if not is_permitted(origin, stanza) then
-			module:log("warn", "Denying use of proxy for %s", stanza.attr.from);
-			origin.send(st.error_reply(stanza, "auth", "forbidden"));
-			return true;
-		end
-		local query = stanza.tags[1];
-		local sid, from = query.attr.sid, stanza.attr.from;
-		local to = query:get_child_text("activate");
-		if not sid or sid == "" or not to then
-			origin.send(st.error_reply(stanza, "modify", "bad-request", "A sid and an activate element are required"));
-			return true;
-		end
-		local prepped_to = jid_prep(to);
-		if not prepped_to then
-			origin.send(st.error_reply(stanza, "modify", "jid-malformed"));
-			return true;
-		end
-		local hash = sha1(sid .. from .. prepped_to, true);
-		local ok, condition, text = service:activate(hash, {
-			sid = sid, initiator = from, user = jid_bare(from), target = prepped_to,
-		});
-		if ok then
-			module:log("debug", "Activated %s (sid %q, initiator %s, target %s)", hash, sid, from, prepped_to);
-			origin.send(st.reply(stanza));
-			return true;
-		end
-		refused_metric:with_labels(condition):add(1);
-		module:log("debug", "Refused to activate %s (sid %q, initiator %s, target %s): %s", hash, sid, from,
-			prepped_to, text or condition);
-		if condition == "item-not-found" then
-			origin.send(st.error_reply(stanza, "modify", "item-not-found"));
-		elseif condition == "not-allowed" then
-			origin.send(st.error_reply(stanza, "cancel", "not-allowed", text));
-		elseif condition == "resource-constraint" then
-			origin.send(st.error_reply(stanza, "wait", "resource-constraint", text));
-		else
-			module:log("error", "Activation of %s failed: %s", hash, tostring(text));
-			origin.send(st.error_reply(stanza, "wait", "internal-server-error"));
-		end
+		ctx.permitted = function (stanza) return is_permitted(event.origin, stanza); end;
+		event.origin.send(bytestreams.activate(ctx, event.stanza));
 		return true;
 	end);
 end

@@ -1,0 +1,89 @@
+-- prosody-cproxy: proxy65's XMPP side, shared by the Prosody module and
+-- the standalone component so that both answer alike: the streamhost
+-- query and the activation (XEP-0065 sections 6.3 and 6.3.3). Each takes a
+-- request and returns the reply to send; the caller brings the stanza
+-- library, JID functions, access rule and service.
+-- SPDX-License-Identifier: MIT
+
+local ipairs, format = ipairs, string.format;
+
+local M = {};
+
+M.xmlns = "http://jabber.org/protocol/bytestreams";
+
+-- ctx: st (util.stanza or cproxy/stanza.lua), host (the component's
+-- JID), permitted (function(stanza) -> boolean), log (module:log-like).
+local function denied(ctx, stanza)
+	if ctx.permitted(stanza) then
+		return nil;
+	end
+	ctx.log("warn", "Denying use of proxy for %s", stanza.attr.from);
+	return ctx.st.error_reply(stanza, "auth", "forbidden");
+end
+
+-- An <iq type='get'> query: the streamhosts. ctx.streamhosts: list of
+-- { host=, port= } (port nil: the first port we listen on, ctx.port()).
+function M.query(ctx, stanza)
+	local refusal = denied(ctx, stanza);
+	if refusal then
+		return refusal;
+	end
+	local port = ctx.port();
+	if not port then
+		ctx.log("warn", "Not listening on any port");
+		return ctx.st.error_reply(stanza, "wait", "item-not-found", "Not listening on any port");
+	end
+	local reply = ctx.st.reply(stanza):tag("query", { xmlns = M.xmlns, sid = stanza.tags[1].attr.sid });
+	for _, streamhost in ipairs(ctx.streamhosts) do
+		reply:tag("streamhost", { jid = ctx.host, host = streamhost.host,
+			port = format("%d", streamhost.port or port) }):up();
+	end
+	return reply;
+end
+
+-- The error each refusal of service:activate() gets.
+local refusals = {
+	["item-not-found"] = { "modify", "item-not-found" };
+	["not-allowed"] = { "cancel", "not-allowed" };
+	["resource-constraint"] = { "wait", "resource-constraint" };
+};
+
+-- An <iq type='set'> activation. ctx also has service (cproxy/proxy65.lua),
+-- sha1 (function(s) -> hex), jid_prep and jid_bare, and refused
+-- (function(condition), for metrics).
+function M.activate(ctx, stanza)
+	local refusal = denied(ctx, stanza);
+	if refusal then
+		return refusal;
+	end
+	local st = ctx.st;
+	local query = stanza.tags[1];
+	local sid, from = query.attr.sid, stanza.attr.from;
+	local to = query:get_child_text("activate");
+	if not sid or sid == "" or not to then
+		return st.error_reply(stanza, "modify", "bad-request", "A sid and an activate element are required");
+	end
+	local prepped_to = ctx.jid_prep(to);
+	if not prepped_to then
+		return st.error_reply(stanza, "modify", "jid-malformed");
+	end
+	local hash = ctx.sha1(sid .. from .. prepped_to);
+	local ok, condition, text = ctx.service:activate(hash, {
+		sid = sid, initiator = from, user = ctx.jid_bare(from), target = prepped_to,
+	});
+	if ok then
+		ctx.log("debug", "Activated %s (sid %q, initiator %s, target %s)", hash, sid, from, prepped_to);
+		return st.reply(stanza);
+	end
+	ctx.refused(condition);
+	ctx.log("debug", "Refused to activate %s (sid %q, initiator %s, target %s): %s", hash, sid, from,
+		prepped_to, text or condition);
+	local error_type = refusals[condition];
+	if not error_type then
+		ctx.log("error", "Activation of %s failed: %s", hash, text or condition);
+		return st.error_reply(stanza, "wait", "internal-server-error");
+	end
+	return st.error_reply(stanza, error_type[1], error_type[2], condition ~= "item-not-found" and text or nil);
+end
+
+return M;
