@@ -30,6 +30,7 @@ BUSTED ?= busted --lua=lua$(LUA_VERSION)
 # Installation targets, as passed by luarocks (see the rockspec).
 INST_LIBDIR ?= /usr/local/lib/lua/$(LUA_VERSION)
 INST_LUADIR ?= /usr/local/share/lua/$(LUA_VERSION)
+INST_BINDIR ?= /usr/local/bin
 PLUGIN_DIR = $(INST_LUADIR)/prosody_cproxy
 
 .PHONY: all clean deps check test stress bench run install
@@ -49,6 +50,8 @@ install: $(CORE)
 	install -m 644 $(CORE) $(INST_LIBDIR)/cproxy/core.so
 	install -m 644 lua/mod_*.lua $(PLUGIN_DIR)/
 	install -m 644 lua/cproxy/*.lua $(PLUGIN_DIR)/cproxy/
+	install -d $(INST_BINDIR)
+	install -m 755 bin/proxy65 $(INST_BINDIR)/proxy65
 
 # Installs the Debian packages the project needs, when any is missing.
 deps:

@@ -29,5 +29,6 @@ build = {
 	install_variables = {
 		INST_LIBDIR = "$(LIBDIR)",
 		INST_LUADIR = "$(LUADIR)",
+		INST_BINDIR = "$(BINDIR)",
 	},
 }

@@ -69,6 +69,11 @@ describe("prosody-cproxy modules #integration", function ()
 		if f then f:close(); end
 		os.remove(tree .. ".log");
 		assert.truthy(ok, output);
+		-- The standalone command is installed too, and runs.
+		local h = io.popen(("'%s/bin/proxy65' --version 2>&1"):format(tree));
+		local version = h:read("a");
+		h:close();
+		assert.truthy(version:match("^prosody%-cproxy proxy65"), version);
 		local plugins = tree .. "/share/lua/5.4/prosody_cproxy";
 		local server = prosody.start({ hosts = hosts, plugin_paths = { plugins },
 			accounts = { { "alice", "localhost", "pw" } } });

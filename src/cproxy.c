@@ -1,6 +1,6 @@
 /*
  * cproxy.core: the C half of prosody-cproxy. This file only assembles the
- * module; each capability lives in its own file (socks5, engine, jat, fd, xmlstream, digest).
+ * module; each capability lives in its own file (socks5, engine, jat, fd, xmlstream, digest, poll).
  * SPDX-License-Identifier: MIT
  */
 #include "cproxy.h"
@@ -17,6 +17,7 @@ luaopen_cproxy_core(lua_State *L)
 	fd_lua_open(L);
 	xmlstream_lua_open(L);
 	digest_lua_open(L);
+	poll_lua_open(L);
 	lua_pushliteral(L, "0.1.0");
 	lua_setfield(L, -2, "version");
 	return 1;

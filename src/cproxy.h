@@ -13,6 +13,7 @@
 #define CPROXY_JAT_MT "cproxy.jat"
 #define CPROXY_FD_MT "cproxy.fd"
 #define CPROXY_XMLSTREAM_MT "cproxy.xmlstream"
+#define CPROXY_POLL_MT "cproxy.poll"
 
 /* Pushes nil, strerror(err), err and returns 3 (errors.c). */
 int errors_push(lua_State *L, int err);
@@ -24,5 +25,6 @@ void jat_lua_open(lua_State *L);
 void fd_lua_open(lua_State *L);
 void xmlstream_lua_open(lua_State *L);
 void digest_lua_open(lua_State *L);
+void poll_lua_open(lua_State *L);
 
 #endif

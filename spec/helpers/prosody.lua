@@ -151,6 +151,65 @@ local function port_open(port)
 	return ok ~= nil;
 end
 
+-- Starts the Prosody process of handle `self` and waits for its ports;
+-- raises (at `level`) when it does not come up, unless expected.
+local function launch(self, opts, level)
+	local dir = self.dir;
+	local env = {};
+	for k, v in pairs(opts.env or {}) do
+		table.insert(env, ("%s=%q"):format(k, v));
+	end
+	if opts.daemonize then
+		-- As operators start it: `prosodyctl start` runs `prosody -D`, which
+		-- forks once its modules are loaded (so do init scripts).
+		local ok, out = shell(("cd %q && %s prosodyctl --config %q start >%q 2>&1"):format(
+			dir, table.concat(env, " "), self.config_path, dir .. "/console.log"));
+		self.pid = tonumber(read_file(dir .. "/prosody.pid"):match("%d+"));
+		if not ok or not self.pid then
+			local tail = self:log_tail(40);
+			self:stop();
+			error("prosodyctl start failed: " .. tostring(out) .. "\n" .. tail, level + 1);
+		end
+	else
+		local _, pid = shell(("cd %q && %s prosody -F --config %q >%q 2>&1 & echo $!"):format(
+			dir, table.concat(env, " "), self.config_path, dir .. "/console.log"));
+		self.pid = tonumber(pid:match("%d+"));
+	end
+
+	local deadline = socket.gettime() + 15;
+	local waiting = opts.wait_ports or { "c2s" };
+	local ready = false;
+	while socket.gettime() < deadline and self:alive() do
+		ready = true;
+		for _, name in ipairs(waiting) do
+			if not port_open(self.ports[name]) then
+				ready = false;
+				break;
+			end
+		end
+		if ready then
+			break;
+		end
+		socket.sleep(0.05);
+	end
+	self.started = ready;
+	if not ready and not opts.expect_failure then
+		local tail = self:log_tail(40);
+		self:stop();
+		error("Prosody did not start:\n" .. tail, level + 1);
+	end
+end
+
+-- Stops Prosody and starts it again with the same config, data and ports.
+function handle_mt:restart()
+	os.execute("kill -TERM " .. self.pid .. " 2>/dev/null");
+	local deadline = socket.gettime() + 5;
+	while self:alive() and socket.gettime() < deadline do
+		socket.sleep(0.05);
+	end
+	launch(self, self.opts, 2);
+end
+
 -- opts: plugin_paths, global, hosts, accounts, backend, log_level,
 -- wait_ports, expect_failure, env, daemonize (start with `prosodyctl start`
 -- instead of `prosody -F`), admin (enable `prosodyctl shell`).
@@ -211,49 +270,8 @@ function M.start(opts)
 		end
 	end
 
-	local env = {};
-	for k, v in pairs(opts.env or {}) do
-		table.insert(env, ("%s=%q"):format(k, v));
-	end
-	if opts.daemonize then
-		-- As operators start it: `prosodyctl start` runs `prosody -D`, which
-		-- forks once its modules are loaded (so do init scripts).
-		local ok, out = shell(("cd %q && %s prosodyctl --config %q start >%q 2>&1"):format(
-			dir, table.concat(env, " "), self.config_path, dir .. "/console.log"));
-		self.pid = tonumber(read_file(dir .. "/prosody.pid"):match("%d+"));
-		if not ok or not self.pid then
-			local tail = self:log_tail(40);
-			self:stop();
-			error("prosodyctl start failed: " .. tostring(out) .. "\n" .. tail, 2);
-		end
-	else
-		local _, pid = shell(("cd %q && %s prosody -F --config %q >%q 2>&1 & echo $!"):format(
-			dir, table.concat(env, " "), self.config_path, dir .. "/console.log"));
-		self.pid = tonumber(pid:match("%d+"));
-	end
-
-	local deadline = socket.gettime() + 15;
-	local waiting = opts.wait_ports or { "c2s" };
-	local ready = false;
-	while socket.gettime() < deadline and self:alive() do
-		ready = true;
-		for _, name in ipairs(waiting) do
-			if not port_open(self.ports[name]) then
-				ready = false;
-				break;
-			end
-		end
-		if ready then
-			break;
-		end
-		socket.sleep(0.05);
-	end
-	self.started = ready;
-	if not ready and not opts.expect_failure then
-		local tail = self:log_tail(40);
-		self:stop();
-		error("Prosody did not start:\n" .. tail, 2);
-	end
+	self.opts = opts;
+	launch(self, opts, 2);
 	return self;
 end
 
