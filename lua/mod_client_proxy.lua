@@ -1,19 +1,25 @@
 -- mod_client_proxy: Jabber Address Translation (JAT) in front of a client.
 --
 -- IQ requests and messages sent to this component go to a resource of the
--- target account (the "implementing client"), from component/TAG, where TAG
--- is an unforgeable 16-character name of the sender's JID, made and turned
--- back by the C extension (src/jat.c, src/jat_lua.c). Replies are routed
--- back only when they answer a request this component sent to that very
--- resource with that id; the implementing client can also start IQs and
--- messages to component/TAG, which reach the JID that TAG names.
+-- target account (the "implementing client"), from component/ADDRESS.
+-- ADDRESS is the sender's full JID by default, as prosody-modules' module
+-- writes it (implementing clients such as Jitsi's jicofo read it), or with
+-- client_proxy_addressing = "tag" an unforgeable 16-character name of it,
+-- made and turned back by the C extension (src/jat.c, src/jat_lua.c).
+-- Replies are routed back only when they answer a request this component
+-- sent to that very resource with that id; the implementing client can
+-- also start IQs and messages to component/ADDRESS, which reach the JID
+-- behind ADDRESS if it wrote to the component lately.
 -- A superset of prosody-modules' mod_client_proxy, with its configuration.
--- Resource choice is in cproxy/resources.lua.
+-- Resource choice is in cproxy/resources.lua, the recent senders in
+-- cproxy/recent.lua.
 -- SPDX-License-Identifier: MIT
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local cproxy = dofile(here .. "/cproxy/boot.lua")(here);
 local resources = cproxy.require("resources");
+local recent = cproxy.require("recent");
+local options = cproxy.require("options");
 module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";
@@ -52,6 +58,8 @@ end
 local preferred = module:get_option_array("client_proxy_resources", {});
 local request_timeout = clamp(module:get_option_number("client_proxy_timeout", 30), 1, 86400);
 local secret = module:get_option_string("client_proxy_secret");
+local addressing = options.choice(module, "client_proxy_addressing", "jid", { "jid", "tag" });
+local contact_window = options.number(module, "client_proxy_contact_window", 3600, 60, 604800);
 
 -- The key survives a module reload, so tags handed out before it stay valid.
 local shared = module:shared("key");
@@ -63,6 +71,52 @@ if not shared.key or shared.secret ~= secret then
 	shared.secret = secret;
 end
 local key = shared.key;
+
+-- The JIDs that wrote lately, for "jid" addressing; kept across a reload,
+-- with the C extension's bounds (the same as for the tags' JIDs).
+if not shared.recent then
+	shared.recent = recent.new(contact_window, cproxy.core.jat_generation_jids,
+		cproxy.core.jat_generation_bytes, time_now());
+end
+local senders = shared.recent;
+senders.window = contact_window;
+
+-- A resource holds at most 1023 bytes (RFC 7622): a longer sender JID
+-- cannot be written into component/JID.
+local RESOURCE_MAX = 1023;
+
+-- The address part for `sender` (a full JID) in component/ADDRESS, or nil
+-- when it cannot be carried. Marks the sender as one that wrote lately.
+local address_of;
+-- The JID behind ADDRESS, or nil, "unknown" | "invalid".
+local peer_of;
+if addressing == "jid" then
+	function address_of(sender)
+		if #sender > RESOURCE_MAX then
+			return nil;
+		end
+		senders:put(sender, time_now());
+		return sender;
+	end
+	function peer_of(address)
+		local now = time_now();
+		if senders:has(address, now) then
+			return address;
+		end
+		local prepped = jid_prep(address); -- as the implementing client may have spelled it
+		if prepped and prepped ~= address and senders:has(prepped, now) then
+			return prepped;
+		end
+		return nil, prepped and "unknown" or "invalid";
+	end
+else
+	function address_of(sender)
+		return (key:encode(sender));
+	end
+	function peer_of(address)
+		return key:decode(address);
+	end
+end
 
 local measure_routed = module:measure("routed", "counter");
 local measure_replies = module:measure("replies", "counter");
@@ -76,10 +130,10 @@ local pool = assert(resources.new(policy, preferred));
 
 -- Requests in flight, and nothing else: the GC walks every live table on
 -- each cycle, so no index here outlives the requests it holds. A request
--- from a user is keyed by the resource it went to, the tag it came from and
+-- from a user is keyed by the resource it went to, the address it came from and
 -- its id: exactly what a genuine reply carries. A request from the
 -- implementing client gets a fresh id (two resources may use the same one).
-local pending = {}; -- "resource\0tag\0id" -> record
+local pending = {}; -- "resource\0address\0id" -> record
 local started = {}; -- fresh id -> record
 local next_id = 0;
 local sweep_timer;
@@ -160,9 +214,9 @@ local function deadline()
 end
 
 -- Sends a user's request to `resource`. Returns false when the same request
--- (resource, tag, id) is already in flight.
+-- (resource, address, id) is already in flight.
 local function dispatch(record, stanza, resource)
-	local k = resource .. "\0" .. record.tag .. "\0" .. record.id;
+	local k = resource .. "\0" .. record.address .. "\0" .. record.id;
 	if pending[k] then
 		return false;
 	end
@@ -170,7 +224,7 @@ local function dispatch(record, stanza, resource)
 	pending[k] = record;
 	pool:add_pending(resource, 1);
 	arm_timer();
-	stanza.attr.from = host .. "/" .. record.tag;
+	stanza.attr.from = host .. "/" .. record.address;
 	stanza.attr.to = target .. "/" .. resource;
 	module:send(stanza);
 	return true;
@@ -184,13 +238,13 @@ local function route_request(stanza)
 		module:send(st.error_reply(stanza, "cancel", "service-unavailable", "No implementing client is available"));
 		return true;
 	end
-	local tag = key:encode(sender);
-	if not tag then
-		module:send(st.error_reply(stanza, "modify", "jid-malformed"));
+	local address = address_of(sender);
+	if not address then
+		module:send(st.error_reply(stanza, "modify", "jid-malformed", "The sender's address is too long to be carried"));
 		return true;
 	end
 	local record = {
-		sender = sender, via = stanza.attr.to, id = stanza.attr.id, tag = tag, deadline = deadline(),
+		sender = sender, via = stanza.attr.to, id = stanza.attr.id, address = address, deadline = deadline(),
 		-- A get may be re-sent to another resource if this one goes away.
 		stanza = stanza.attr.type == "get" and stanza or nil,
 	};
@@ -294,10 +348,10 @@ local function drop(stanza, why)
 	return true;
 end
 
--- A reply from the target to component/TAG: forwarded only if it answers a
--- request sent to that resource with that id.
-local function on_target_reply(stanza, resource, tag)
-	local record = pending[resource .. "\0" .. (tag or "") .. "\0" .. (stanza.attr.id or "")];
+-- A reply from the target to component/ADDRESS: forwarded only if it
+-- answers a request sent to that resource with that id.
+local function on_target_reply(stanza, resource, address)
+	local record = pending[resource .. "\0" .. (address or "") .. "\0" .. (stanza.attr.id or "")];
 	if not record then
 		return drop(stanza, "not a reply to a pending request");
 	end
@@ -309,15 +363,15 @@ local function on_target_reply(stanza, resource, tag)
 	return true;
 end
 
--- An IQ request or a message from the target to component/TAG.
-local function on_target_request(stanza, resource, tag)
-	local peer, err = key:decode(tag or "");
+-- An IQ request or a message from the target to component/ADDRESS.
+local function on_target_request(stanza, resource, address)
+	local peer, err = peer_of(address);
 	if not peer then
 		if stanza.attr.type ~= "error" and stanza.attr.type ~= "result" then
 			module:send(st.error_reply(stanza, "cancel", "item-not-found",
 				err == "unknown" and "No one with this address has contacted this component lately" or "Not an address of this component"));
 		end
-		return drop(stanza, "the tag is " .. err);
+		return drop(stanza, "the address is " .. err);
 	end
 	if stanza.name == "message" then
 		measure_messages(1);
@@ -384,7 +438,7 @@ local function on_stanza(event)
 		if not to_resource then
 			if stanza.attr.type ~= "error" then
 				module:send(st.error_reply(stanza, "cancel", "feature-not-implemented",
-					"Address component/TAG, where TAG is the resource requests came from"));
+					"Address component/ADDRESS, where ADDRESS is the resource requests came from"));
 			end
 			return true;
 		end
@@ -407,15 +461,21 @@ local function on_stanza(event)
 	end
 	-- A message from a user.
 	local resource = pool:choose(from);
-	local tag = resource and key:encode(from);
-	if not tag then
+	if not resource then
 		if stanza.attr.type ~= "error" then
 			module:send(st.error_reply(stanza, "cancel", "service-unavailable", "No implementing client is available"));
 		end
 		return true;
 	end
+	local address = address_of(from);
+	if not address then
+		if stanza.attr.type ~= "error" then
+			module:send(st.error_reply(stanza, "modify", "jid-malformed", "The sender's address is too long to be carried"));
+		end
+		return true;
+	end
 	measure_messages(1);
-	stanza.attr.from, stanza.attr.to = host .. "/" .. tag, target .. "/" .. resource;
+	stanza.attr.from, stanza.attr.to = host .. "/" .. address, target .. "/" .. resource;
 	module:send(stanza);
 	return true;
 end

@@ -6,12 +6,17 @@ local socket = require "socket";
 local prosody = require "spec.helpers.prosody";
 local xmpp = require "spec.helpers.xmpp_client";
 local st = require "util.stanza";
+local jid = require "util.jid";
 
 local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 local xmlns_test = "urn:example:client-proxy";
 
 local components = {
 	{ "plain", {} },
+	{ "tagged", { client_proxy_addressing = "tag" } },
+	{ "focus", {} },
+	{ "focustag", { client_proxy_addressing = "tag" } },
+	{ "rrtag", { client_proxy_policy = "round_robin", client_proxy_addressing = "tag" } },
 	{ "short", { client_proxy_timeout = 2 } },
 	{ "rr", { client_proxy_policy = "round_robin" } },
 	{ "sticky", { client_proxy_policy = "sticky" } },
@@ -22,7 +27,7 @@ local components = {
 };
 
 local function config()
-	local lines = { 'VirtualHost "localhost"', "" };
+	local lines = { 'VirtualHost "localhost"', "", 'VirtualHost "guest.localhost"', "" };
 	for _, c in ipairs(components) do
 		table.insert(lines, ('Component "%s.localhost" "client_proxy"'):format(c[1]));
 		table.insert(lines, ('\ttarget_address = "%s-svc@localhost"'):format(c[1]));
@@ -42,7 +47,7 @@ end
 local function accounts()
 	local list = {
 		{ "alice", "localhost", "alice" }, { "bob", "localhost", "bob" },
-		{ "ñandú", "localhost", "ñandú" },
+		{ "ñandú", "localhost", "ñandú" }, { "visitor", "guest.localhost", "visitor" },
 	};
 	for _, c in ipairs(components) do
 		table.insert(list, { c[1] .. "-svc", "localhost", c[1] .. "-svc" });
@@ -179,7 +184,7 @@ describe("mod_client_proxy #integration", function ()
 		end
 	end);
 
-	it("routes a request to the implementing client and its reply back, ids kept", function ()
+	it("routes a request to the implementing client from component/JID, and its reply back, ids kept", function ()
 		local svc = implementing(server, "plain", { "a" });
 		local alice = login(server, "alice", "desk");
 		finally(function () close_all({ svc[1], alice }); end);
@@ -188,9 +193,7 @@ describe("mod_client_proxy #integration", function ()
 		local req = assert(svc[1]:await(is_request));
 		assert.equal("q-1", req.attr.id);
 		assert.equal("plain-svc@localhost/a", req.attr.to);
-		local tag = req.attr.from:match("^plain%.localhost/(.+)$");
-		assert.truthy(tag, req.attr.from);
-		assert.is_nil(tag:find("alice", 1, true), "the tag is not the raw JID");
+		assert.equal("plain.localhost/alice@localhost/desk", req.attr.from, "the sender's full JID, unescaped");
 		assert.truthy(req:get_child("query", xmlns_test), "the payload is forwarded");
 
 		answer(svc[1], req);
@@ -208,20 +211,82 @@ describe("mod_client_proxy #integration", function ()
 		assert.equal("cancel/not-allowed", condition(reply));
 	end);
 
-	it("gives each sender its own tag, and the same one every time", function ()
-		local svc = implementing(server, "plain", { "a" });
+	it("gives each sender its own tag under \"tag\", and the same one every time", function ()
+		local svc = implementing(server, "tagged", { "a" });
 		local alice1, alice2 = login(server, "alice", "one"), login(server, "alice", "two");
 		finally(function () close_all({ svc[1], alice1, alice2 }); end);
 		local tags = {};
 		for _, user in ipairs({ alice1, alice2, alice1 }) do
-			user:send(request("plain.localhost"));
+			user:send(request("tagged.localhost", "get", "t-1"));
 			local req = assert(svc[1]:await(is_request));
-			table.insert(tags, req.attr.from);
+			local tag = req.attr.from:match("^tagged%.localhost/(.+)$");
+			assert.truthy(tag, req.attr.from);
+			assert.equal(16, #tag);
+			assert.is_nil(tag:find("alice", 1, true), "the tag is not the raw JID");
+			table.insert(tags, tag);
 			answer(svc[1], req);
-			assert(user:await_iq("result"));
+			assert.equal("t-1", assert(user:await_iq("result")).attr.id);
 		end
 		assert.not_equal(tags[1], tags[2]);
 		assert.equal(tags[1], tags[3]);
+	end);
+
+	-- An implementing client like Jitsi's jicofo: it takes the resource of
+	-- `from` (after the first '/'), parses it as a JID and lets in only
+	-- users of the authenticated domain, answering with their bare JID.
+	local function jicofo_like(client, req)
+		local resource = req.attr.from:match("^[^/]*/(.+)$");
+		local node, domain = jid.split(resource);
+		if not node or domain ~= "localhost" then
+			client:send(st.error_reply(req, "auth", "not-authorized", "only authenticated users are allowed to create new rooms"));
+			return;
+		end
+		client:send(st.reply(req):tag("conference", { xmlns = xmlns_test, requester = node .. "@" .. domain }));
+	end
+
+	it("lets an implementing client that parses the requester from the resource, as jicofo does, find the sender", function ()
+		local svc = implementing(server, "focus", { "focus" });
+		local alice = login(server, "alice", "meet");
+		local visitor = login(server, "visitor", "meet", { domain = "guest.localhost" });
+		finally(function () close_all({ svc[1], alice, visitor }); end);
+
+		alice:send(request("focus.localhost", "set", "conf-1"));
+		jicofo_like(svc[1], assert(svc[1]:await(is_request)));
+		local reply = assert(alice:await_iq());
+		assert.equal("result", reply.attr.type, tostring(reply));
+		assert.equal("alice@localhost", reply:get_child("conference", xmlns_test).attr.requester);
+
+		visitor:send(request("focus.localhost", "set", "conf-2"));
+		jicofo_like(svc[1], assert(svc[1]:await(is_request)));
+		reply = assert(visitor:await_iq());
+		assert.equal("auth/not-authorized", condition(reply));
+	end);
+
+	it("hides the requester from such a client under \"tag\"", function ()
+		local svc = implementing(server, "focustag", { "focus" });
+		local alice = login(server, "alice", "meet");
+		finally(function () close_all({ svc[1], alice }); end);
+		alice:send(request("focustag.localhost", "set", "conf-1"));
+		local req = assert(svc[1]:await(is_request));
+		assert.is_nil(req.attr.from:find("alice", 1, true));
+		jicofo_like(svc[1], req);
+		assert.equal("auth/not-authorized", condition(assert(alice:await_iq())));
+	end);
+
+	it("answers jid-malformed to a sender whose full JID is too long for a resource", function ()
+		local svc = implementing(server, "plain", { "a" });
+		local long = login(server, "alice", ("r"):rep(1020)); -- 1036 bytes in all
+		local tagged = implementing(server, "tagged", { "a" });
+		finally(function () close_all({ svc[1], tagged[1], long }); end);
+		local reply = assert(long:request(request("plain.localhost")));
+		assert.equal("modify/jid-malformed", condition(reply));
+		long:send(st.message({ to = "plain.localhost", type = "chat" }):tag("body"):text("hi"):up());
+		assert.equal("modify/jid-malformed", condition(assert(long:await_message())));
+		assert.same({}, delivered(svc[1], 0.2));
+		-- a tag carries it
+		long:send(request("tagged.localhost", "get", "long-1"));
+		answer(tagged[1], assert(tagged[1]:await(is_request)));
+		assert.equal("long-1", assert(long:await_iq("result")).attr.id);
 	end);
 
 	it("answers service-unavailable when no resource is available", function ()
@@ -252,12 +317,15 @@ describe("mod_client_proxy #integration", function ()
 		assert.equal("¿qué tal?", msg:get_child_text("body"));
 	end);
 
-	it("never delivers forged, altered or unsolicited replies", function ()
-		local svc = implementing(server, "rr", { "first", "second" });
+	for _, case in ipairs({ { "jid", "rr" }, { "tag", "rrtag" } }) do
+	local name = case[2];
+	local component = name .. ".localhost";
+	it("never delivers forged, altered or unsolicited replies under \"" .. case[1] .. "\"", function ()
+		local svc = implementing(server, name, { "first", "second" });
 		local alice, bob = login(server, "alice"), login(server, "bob");
 		finally(function () close_all({ svc[1], svc[2], alice, bob }); end);
 
-		alice:send(request("rr.localhost", "get", "real"));
+		alice:send(request(component, "get", "real"));
 		local owner, req = await_any(svc, is_request);
 		assert.truthy(owner);
 		local other = owner == svc[1] and svc[2] or svc[1];
@@ -268,18 +336,22 @@ describe("mod_client_proxy #integration", function ()
 		-- the right resource, the wrong id
 		owner:send(st.iq({ type = "result", id = "not-real", to = tag_address }));
 		-- the right resource and id, an altered tag (every position tried)
-		local tag = tag_address:match("/(.*)$");
-		for i = 1, #tag, 3 do
-			local c = tag:sub(i, i) == "A" and "B" or "A";
-			owner:send(st.iq({ type = "result", id = "real", to = "rr.localhost/" .. tag:sub(1, i - 1) .. c .. tag:sub(i + 1) }));
+		local address = tag_address:match("^[^/]*/(.*)$");
+		for i = 1, #address, 3 do
+			local c = address:sub(i, i) == "A" and "B" or "A";
+			owner:send(st.iq({ type = "result", id = "real", to = component .. "/" .. address:sub(1, i - 1) .. c .. address:sub(i + 1) }));
 		end
-		-- someone else entirely, to the tag and to the bare component
+		-- someone else's address: bob's, whom the implementing client may know
+		owner:send(st.iq({ type = "result", id = "real", to = component .. "/" .. bob.jid }));
+		-- someone else entirely, to the address and to the bare component
 		bob:send(st.iq({ type = "result", id = "real", to = tag_address }));
-		bob:send(st.iq({ type = "result", id = "real", to = "rr.localhost" }));
-		-- a request from the implementing client to an altered tag is refused
-		local refused = assert(owner:request(xmpp.iq({ type = "get", to = "rr.localhost/AAAAAAAAAAAAAAAAAAAAAAAAAAA" })
-			:tag("query", { xmlns = xmlns_test }):up()));
-		assert.equal("cancel/item-not-found", condition(refused));
+		bob:send(st.iq({ type = "result", id = "real", to = component }));
+		-- a request from the implementing client to an address no one wrote from is refused
+		for _, made_up in ipairs({ "AAAAAAAAAAAAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAAA", "carol@localhost/x", bob.jid }) do
+			local refused = assert(owner:request(xmpp.iq({ type = "get", to = component .. "/" .. made_up })
+				:tag("query", { xmlns = xmlns_test }):up()));
+			assert.equal("cancel/item-not-found", condition(refused));
+		end
 
 		local leaked = delivered(alice, 0.5);
 		assert.same({}, leaked, "nothing reached alice before the genuine reply");
@@ -292,6 +364,7 @@ describe("mod_client_proxy #integration", function ()
 		assert.same({}, delivered(alice, 0.5));
 		assert.same({}, delivered(bob, 0.1));
 	end);
+	end
 
 	it("sends messages both ways, and lets the implementing client start IQs", function ()
 		local svc = implementing(server, "plain", { "a" });
