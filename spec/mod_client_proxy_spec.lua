@@ -24,10 +24,13 @@ local components = {
 	{ "pinned", { client_proxy_policy = "round_robin", client_proxy_resources = { "second", "first" } } },
 	{ "failover", { client_proxy_policy = "round_robin" } },
 	{ "prio", { client_proxy_policy = "round_robin" } },
+	{ "capped", { client_proxy_max_pending = 3, client_proxy_max_pending_per_sender = 2 } },
+	{ "nodes", {} },
 };
 
 local function config()
-	local lines = { 'VirtualHost "localhost"', "", 'VirtualHost "guest.localhost"', "" };
+	local lines = { 'VirtualHost "localhost"', "", 'VirtualHost "guest.localhost"', "",
+		'Component "ext.localhost"', '\tcomponent_secret = "ext-secret"', "" };
 	for _, c in ipairs(components) do
 		table.insert(lines, ('Component "%s.localhost" "client_proxy"'):format(c[1]));
 		table.insert(lines, ('\ttarget_address = "%s-svc@localhost"'):format(c[1]));
@@ -184,14 +187,14 @@ describe("mod_client_proxy #integration", function ()
 		end
 	end);
 
-	it("routes a request to the implementing client from component/JID, and its reply back, ids kept", function ()
+	it("routes a request to the implementing client from component/JID, and its reply back with the sender's id", function ()
 		local svc = implementing(server, "plain", { "a" });
 		local alice = login(server, "alice", "desk");
 		finally(function () close_all({ svc[1], alice }); end);
 
 		alice:send(request("plain.localhost", "get", "q-1"));
 		local req = assert(svc[1]:await(is_request));
-		assert.equal("q-1", req.attr.id);
+		assert.not_equal("q-1", req.attr.id, "a fresh id, unique across reloads");
 		assert.equal("plain-svc@localhost/a", req.attr.to);
 		assert.equal("plain.localhost/alice@localhost/desk", req.attr.from, "the sender's full JID, unescaped");
 		assert.truthy(req:get_child("query", xmlns_test), "the payload is forwarded");
@@ -287,6 +290,106 @@ describe("mod_client_proxy #integration", function ()
 		long:send(request("tagged.localhost", "get", "long-1"));
 		answer(tagged[1], assert(tagged[1]:await(is_request)));
 		assert.equal("long-1", assert(long:await_iq("result")).attr.id);
+	end);
+
+	it("answers an IQ request without an id, as s2s and components may send, with bad-request (#17)", function ()
+		local svc = implementing(server, "plain", { "a" });
+		local ext = assert(xmpp.component({ port = server.ports.component, domain = "ext.localhost", secret = "ext-secret" }));
+		finally(function () close_all({ svc[1], ext }); end);
+		ext:send(st.stanza("iq", { type = "get", from = "u@ext.localhost/r", to = "plain.localhost" }):tag("query", { xmlns = xmlns_test }):up());
+		local reply = assert(ext:await_iq("error"));
+		assert.equal("modify/bad-request", condition(reply));
+		assert.same({}, delivered(svc[1], 0.2));
+		-- the same with an id goes through
+		ext:send(st.iq({ type = "get", id = "x1", from = "u@ext.localhost/r", to = "plain.localhost" }):tag("query", { xmlns = xmlns_test }):up());
+		answer(svc[1], assert(svc[1]:await(is_request)));
+		assert.equal("x1", assert(ext:await_iq("result")).attr.id);
+	end);
+
+	it("caps requests in flight per sender and overall with wait/resource-constraint (#17)", function ()
+		local svc = implementing(server, "capped", { "a" });
+		local alice, bob = login(server, "alice"), login(server, "bob");
+		finally(function () close_all({ svc[1], alice, bob }); end);
+		local held = {};
+		for i = 1, 2 do
+			alice:send(request("capped.localhost", "get", "a" .. i));
+			held[#held + 1] = assert(svc[1]:await(is_request));
+		end
+		local refused = assert(alice:request(request("capped.localhost", "get", "a3")));
+		assert.equal("wait/resource-constraint", condition(refused));
+		bob:send(request("capped.localhost", "get", "b1"));
+		held[#held + 1] = assert(svc[1]:await(is_request));
+		refused = assert(bob:request(request("capped.localhost", "get", "b2")));
+		assert.equal("wait/resource-constraint", condition(refused), "over the overall cap");
+		-- one answer makes room again
+		answer(svc[1], held[1]);
+		assert.equal("a1", assert(alice:await_iq("result")).attr.id);
+		alice:send(request("capped.localhost", "get", "a4"));
+		held[#held + 1] = assert(svc[1]:await(is_request));
+		for i = 2, #held do
+			answer(svc[1], held[i]);
+		end
+		assert(alice:await_iq("result"));
+		assert(alice:await_iq("result"));
+		assert(bob:await_iq("result"));
+	end);
+
+	it("holds no more than the cap for a flood of fresh ids from many JIDs of one remote domain (#17)", function ()
+		local svc = implementing(server, "capped", { "a" });
+		local ext = assert(xmpp.component({ port = server.ports.component, domain = "ext.localhost", secret = "ext-secret" }));
+		finally(function () close_all({ svc[1], ext }); end);
+		local out = {};
+		for i = 1, 200 do
+			out[i] = tostring(st.iq({ type = "set", id = "f" .. i, from = ("u%d@ext.localhost/r"):format(i), to = "capped.localhost" })
+				:tag("query", { xmlns = xmlns_test }));
+		end
+		ext.sock:send(table.concat(out));
+		local refused = 0;
+		for _ = 1, 197 do
+			local reply = assert(ext:await_iq("error"));
+			assert.equal("wait/resource-constraint", condition(reply));
+			refused = refused + 1;
+		end
+		assert.equal(197, refused);
+		local forwarded = delivered(svc[1], 0.3);
+		assert.equal(3, #forwarded);
+		for _, req in ipairs(forwarded) do
+			answer(svc[1], req);
+		end
+		for _ = 1, 3 do
+			assert.equal("result", assert(ext:await_iq()).attr.type);
+		end
+	end);
+
+	it("serves node@component and node@component/res like the component (#17)", function ()
+		local svc = implementing(server, "nodes", { "a" });
+		local alice = login(server, "alice", "n");
+		finally(function () close_all({ svc[1], alice }); end);
+		for _, to in ipairs({ "room@nodes.localhost", "room@nodes.localhost/nick" }) do
+			alice:send(request(to, "get", "n1"));
+			local req = assert(svc[1]:await(is_request));
+			assert.equal("nodes.localhost/alice@localhost/n", req.attr.from);
+			answer(svc[1], req);
+			local reply = assert(alice:await_iq("result"));
+			assert.equal("n1", reply.attr.id);
+			assert.equal(to, reply.attr.from);
+		end
+		-- the implementing client may write to node@component/JID too
+		svc[1]:send(st.message({ to = "room@nodes.localhost/alice@localhost/n", type = "chat" }):tag("body"):text("via node"):up());
+		local msg = assert(alice:await_message());
+		assert.equal("via node", msg:get_child_text("body"));
+		assert.equal("nodes.localhost", msg.attr.from);
+	end);
+
+	it("does not take the target's presence directed at component/X for its availability (#17)", function ()
+		local svc = implementing(server, "nodes", { "a" });
+		local alice = login(server, "alice");
+		finally(function () close_all({ svc[1], alice }); end);
+		svc[1]:send(st.presence({ type = "unavailable", to = "nodes.localhost/" .. alice.jid }));
+		svc[1]:send(st.presence({ type = "unavailable", to = "room@nodes.localhost" }));
+		alice:send(request("nodes.localhost", "get", "still"));
+		answer(svc[1], assert(svc[1]:await(is_request)));
+		assert.equal("still", assert(alice:await_iq("result")).attr.id);
 	end);
 
 	it("answers service-unavailable when no resource is available", function ()
@@ -533,7 +636,7 @@ describe("mod_client_proxy #integration", function ()
 		owner:close();
 
 		local again = assert(other:await(is_request));
-		assert.equal("g1", again.attr.id);
+		assert.equal(req.attr.id, again.attr.id);
 		assert.equal(tag_address, again.attr.from);
 		answer(other, again);
 		local reply = assert(alice:await_iq("result"));
@@ -639,11 +742,11 @@ describe("mod_client_proxy metrics #integration", function ()
 		return samples[("prosody_mod_client_proxy__%s_total{host=\"metrics.localhost\"}"):format(name)] or 0;
 	end
 
-	local function pending(samples, resource)
-		return samples[("prosody_mod_client_proxy__pending{host=\"metrics.localhost\",resource=%q}"):format(resource)];
+	local function pending(samples)
+		return samples["prosody_mod_client_proxy__pending{host=\"metrics.localhost\"}"];
 	end
 
-	it("count requests, replies, drops, timeouts and messages, and requests pending per resource", function ()
+	it("count requests, replies, drops, timeouts and messages, and requests in flight in one series", function ()
 		local port = prosody.free_port();
 		local server = prosody.start({
 			global = ("statistics = \"internal\"\nstatistics_interval = \"manual\"\nhttp_ports = { %d }\n"
@@ -667,7 +770,7 @@ describe("mod_client_proxy metrics #integration", function ()
 		local req = assert(svc[1]:await(is_request));
 		local during = metrics(port);
 		assert.equal(counter(before, "routed") + 1, counter(during, "routed"));
-		assert.equal(1, pending(during, "a"));
+		assert.equal(1, pending(during));
 
 		answer(svc[1], req);
 		assert(alice:await_iq("result"));
@@ -685,6 +788,113 @@ describe("mod_client_proxy metrics #integration", function ()
 		assert.equal(counter(before, "dropped") + 1, counter(after, "dropped"));
 		assert.equal(counter(before, "timeouts") + 1, counter(after, "timeouts"));
 		assert.equal(counter(before, "messages") + 1, counter(after, "messages"));
-		assert.equal(0, pending(after, "a"));
+		assert.equal(0, pending(after));
+		for name in pairs(after) do
+			assert.is_nil(name:find("resource=", 1, true), "no series per resource: " .. name);
+		end
+	end);
+end);
+
+describe("mod_client_proxy reload #integration", function ()
+	-- Runs one command in Prosody's admin console (mod_admin_telnet).
+	local function console(port, command)
+		local sock = assert(socket.connect("127.0.0.1", port));
+		sock:settimeout(2);
+		assert(sock:send(command .. "\n"));
+		local out = {};
+		repeat
+			local line = sock:receive("*l");
+			out[#out + 1] = line;
+		until not line or line:find("^| OK") or line:find("^! ")
+		sock:close();
+		return table.concat(out, "\n");
+	end
+
+	it("fails requests in flight on unload, and a late reply to them never matches a new request (#17)", function ()
+		local port = prosody.free_port();
+		local server = prosody.start({
+			global = ("console_ports = { %d }\nconsole_interfaces = { \"127.0.0.1\" }\n"
+				.. "modules_enabled = { \"roster\", \"saslauth\", \"disco\", \"ping\", \"admin_telnet\" }"):format(port);
+			hosts = 'VirtualHost "localhost"\n\nComponent "reload.localhost" "client_proxy"\n'
+				.. '\ttarget_address = "reload-svc@localhost"\n';
+			accounts = { { "alice", "localhost", "alice" }, { "bob", "localhost", "bob" },
+				{ "reload-svc", "localhost", "reload-svc" } };
+		});
+		local svc, alice;
+		finally(function ()
+			close_all({ svc and svc[1], alice });
+			server:stop();
+		end);
+		svc = implementing(server, "reload", { "a" });
+		alice = login(server, "alice", "r");
+		alice:send(request("reload.localhost", "get", "same"));
+		local old = assert(svc[1]:await(is_request));
+
+		local out = console(port, 'module:reload("client_proxy", "reload.localhost")');
+		assert.truthy(out:find("OK", 1, true), out);
+		local failed = assert(alice:await_iq("error"));
+		assert.equal("same", failed.attr.id);
+		assert.equal("cancel/service-unavailable", condition(failed));
+
+		-- the same sender sends the same id again, once the new load routes
+		local new;
+		for _ = 1, 50 do
+			alice:send(request("reload.localhost", "get", "same"));
+			new = svc[1]:await(is_request, 0.2);
+			if new then
+				break;
+			end
+			assert(alice:await_iq("error", 1));
+		end
+		assert.truthy(new, server:log_tail(30));
+		assert.equal(old.attr.from, new.attr.from);
+		assert.not_equal(old.attr.id, new.attr.id);
+		svc[1]:send(st.reply(old):tag("late", { xmlns = xmlns_test }));
+		assert.same({}, delivered(alice, 0.5), "the late reply matched nothing");
+		svc[1]:send(st.reply(new):tag("current", { xmlns = xmlns_test }));
+		local reply = assert(alice:await_iq("result"));
+		assert.equal("same", reply.attr.id);
+		assert.truthy(reply:get_child("current", xmlns_test));
+	end);
+end);
+
+describe("mod_client_proxy options #integration", function ()
+	it("logs a wrong-typed option and uses its default instead of failing to load (#22)", function ()
+		local server = prosody.start({
+			hosts = 'VirtualHost "localhost"\n\nComponent "opts.localhost" "client_proxy"\n'
+				.. '\ttarget_address = "opts-svc@localhost"\n'
+				.. '\tclient_proxy_timeout = "5m"\n'
+				.. '\tclient_proxy_max_pending = "many"\n'
+				.. '\tclient_proxy_max_pending_per_sender = { 5 }\n'
+				.. '\tclient_proxy_contact_window = "1h"\n'
+				.. '\tclient_proxy_policy = "fastest"\n'
+				.. '\tclient_proxy_addressing = "hidden"\n';
+			accounts = { { "alice", "localhost", "alice" }, { "bob", "localhost", "bob" },
+				{ "opts-svc", "localhost", "opts-svc" } };
+		});
+		local svc, alice;
+		finally(function ()
+			close_all({ svc and svc[1], alice });
+			server:stop();
+		end);
+		local log = server:log();
+		for _, line in ipairs({
+			"Config option 'client_proxy_timeout' = \"5m\" is not understood: expected a number from 1 to 86400; using the default, 30",
+			"Config option 'client_proxy_max_pending' = \"many\" is not understood: expected an integer from 1 to 1000000; using the default, 10000",
+			"Config option 'client_proxy_max_pending_per_sender' = table: ",
+			"Config option 'client_proxy_contact_window' = \"1h\" is not understood: expected a number from 60 to 604800; using the default, 3600",
+			"Config option 'client_proxy_policy' = \"fastest\" is not understood",
+			"Config option 'client_proxy_addressing' = \"hidden\" is not understood",
+		}) do
+			assert.truthy(log:find(line, 1, true), line .. "\n" .. server:log_tail(30));
+		end
+		assert.is_nil(log:find("Error initializing module", 1, true));
+		svc = implementing(server, "opts", { "a" });
+		alice = login(server, "alice", "o");
+		alice:send(request("opts.localhost", "get", "o1"));
+		local req = assert(svc[1]:await(is_request));
+		assert.equal("opts.localhost/alice@localhost/o", req.attr.from, "the default addressing");
+		answer(svc[1], req);
+		assert.equal("o1", assert(alice:await_iq("result")).attr.id);
 	end);
 end);
