@@ -27,7 +27,7 @@ local st = require "util.stanza";
 local jid_split, jid_bare, jid_prep = require "util.jid".split, require "util.jid".bare, require "util.jid".prep;
 local new_short_id = require "util.id".short;
 local time_now = require "util.time".now;
-local find, sub = string.find, string.sub;
+local find, match, sub = string.find, string.match, string.sub;
 
 local host = module.host;
 
@@ -126,6 +126,9 @@ local measure_refused = module:measure("refused", "counter");
 local pending_gauge = module:metric("gauge", "pending", "", "IQ requests in flight, both ways", {}):with_labels();
 
 local pool = assert(resources.new(policy, preferred));
+-- Only least_pending reads the requests in flight per resource: the other
+-- policies skip that bookkeeping on every request.
+local per_resource = policy == "least_pending";
 
 -- Requests in flight, both ways, under fresh ids: a user's request is
 -- sent to the implementing client with one (its own id comes back in the
@@ -151,7 +154,7 @@ local function send_error(record, type_, condition, text)
 end
 
 local function finish(record)
-	if inflight:finish(record) and record.kind == "in" then
+	if inflight:finish(record) and per_resource and record.kind == "in" then
 		pool:add_pending(record.resource, -1);
 	end
 end
@@ -159,7 +162,7 @@ end
 -- Once a second while anything is in flight: O(requests in flight).
 local function expire()
 	for _, record in ipairs(inflight:expire(time_now())) do
-		if record.kind == "in" then
+		if per_resource and record.kind == "in" then
 			pool:add_pending(record.resource, -1);
 		end
 		measure_timeouts(1);
@@ -183,7 +186,9 @@ end
 -- Sends a user's request, held under record.fresh_id, to `resource`.
 local function dispatch(record, stanza, resource)
 	record.resource = resource;
-	pool:add_pending(resource, 1);
+	if per_resource then
+		pool:add_pending(resource, 1);
+	end
 	stanza.attr.from = host .. "/" .. record.address;
 	stanza.attr.to = target .. "/" .. resource;
 	stanza.attr.id = record.fresh_id;
@@ -230,8 +235,11 @@ local function route_request(stanza)
 		kind = "in", sender = sender, via = stanza.attr.to, id = id, address = address,
 		-- A get may be re-sent to another resource if this one goes away.
 		stanza = stanza.attr.type == "get" and stanza or nil,
+		-- Filled in by hold() and dispatch(); named here so that the table
+		-- is built at its final size, without a rehash per request.
+		resource = false, fresh_id = false, owner = false, deadline = 0,
 	};
-	if not hold(record, stanza, jid_bare(sender) or sender, now) then
+	if not hold(record, stanza, match(sender, "^[^/]*"), now) then -- by bare JID
 		return true;
 	end
 	dispatch(record, stanza, resource);
@@ -243,7 +251,9 @@ end
 -- taken effect, so it is never repeated. The fresh id stays: a late reply
 -- from the resource that left no longer matches, as it comes from elsewhere.
 local function reroute(record, gone)
-	pool:add_pending(gone, -1);
+	if per_resource then
+		pool:add_pending(gone, -1);
+	end
 	local other = record.stanza and pool:choose(record.sender);
 	if other then
 		measure_failovers(1);
