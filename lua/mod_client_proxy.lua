@@ -25,7 +25,7 @@ module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";
 local jid_split, jid_bare, jid_prep = require "util.jid".split, require "util.jid".bare, require "util.jid".prep;
-local new_short_id = require "util.id".short;
+local new_prefix = require "util.id".custom(6); -- 48 random bits, 8 characters
 local time_now = require "util.time".now;
 local find, match, sub = string.find, string.match, string.sub;
 
@@ -138,7 +138,7 @@ local per_resource = policy == "least_pending";
 -- the implementing client).
 local inflight = requests.new({
 	timeout = request_timeout, max_pending = max_pending, max_per_owner = max_per_sender,
-	prefix = "jat" .. new_short_id() .. "-",
+	prefix = new_prefix() .. "-",
 });
 local sweep_timer;
 
