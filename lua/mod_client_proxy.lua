@@ -189,9 +189,10 @@ local function dispatch(record, stanza, resource)
 	if per_resource then
 		pool:add_pending(resource, 1);
 	end
-	stanza.attr.from = host .. "/" .. record.address;
-	stanza.attr.to = target .. "/" .. resource;
-	stanza.attr.id = record.fresh_id;
+	-- A genuine reply comes back with exactly these two addresses swapped.
+	local from, to = host .. "/" .. record.address, target .. "/" .. resource;
+	record.sent_from, record.sent_to = from, to;
+	stanza.attr.from, stanza.attr.to, stanza.attr.id = from, to, record.fresh_id;
 	module:send(stanza);
 end
 
@@ -237,7 +238,7 @@ local function route_request(stanza)
 		stanza = stanza.attr.type == "get" and stanza or nil,
 		-- Filled in by hold() and dispatch(); named here so that the table
 		-- is built at its final size, without a rehash per request.
-		resource = false, fresh_id = false, owner = false, deadline = 0,
+		resource = false, fresh_id = false, owner = false, deadline = 0, sent_from = false, sent_to = false,
 	};
 	if not hold(record, stanza, match(sender, "^[^/]*"), now) then -- by bare JID
 		return true;
@@ -266,7 +267,7 @@ local function reroute(record, gone)
 	send_error(record, "cancel", "recipient-unavailable", "The implementing client went away");
 end
 
-local function sent_to(record, resource)
+local function went_to(record, resource)
 	return record.kind == "in" and record.resource == resource;
 end
 
@@ -277,7 +278,7 @@ end
 -- Moves or fails the requests sent to a resource that went away, and
 -- forgets those it started: their replies have nowhere to go.
 local function fail_over(resource)
-	for _, record in ipairs(inflight:select(sent_to, resource)) do
+	for _, record in ipairs(inflight:select(went_to, resource)) do
 		reroute(record, resource);
 	end
 	for _, record in ipairs(inflight:select(started_by, resource)) do
@@ -348,13 +349,19 @@ local function drop(stanza, why)
 	return true;
 end
 
--- A reply from the target to component/ADDRESS: forwarded only if it
--- answers a request sent to that resource, from that address, with that id.
-local function on_target_reply(stanza, resource, address)
-	local record = inflight:get(stanza.attr.id);
-	if not record or record.kind ~= "in" or record.resource ~= resource or record.address ~= address then
-		return drop(stanza, "not a reply to a pending request");
+-- The request in flight that `stanza`, a result or error, answers: one
+-- sent with its id, to the resource it comes from, from the address it
+-- goes to. Whole addresses are compared, so nothing is split or copied.
+local function answered_by(stanza)
+	local attr = stanza.attr;
+	local record = inflight:get(attr.id);
+	if record and record.kind == "in" and record.sent_to == attr.from and record.sent_from == attr.to then
+		return record;
 	end
+end
+
+-- A reply from the target to a user's request: passed back to the user.
+local function on_target_reply(stanza, record)
 	finish(record);
 	measure_replies(1);
 	stanza.attr.from, stanza.attr.to, stanza.attr.id = record.via, record.sender, record.id;
@@ -444,6 +451,12 @@ end
 local function on_stanza(event)
 	local stanza = event.stanza;
 	local from, to = stanza.attr.from, stanza.attr.to;
+	if stanza.name == "iq" and (stanza.attr.type == "result" or stanza.attr.type == "error") then
+		local record = answered_by(stanza); -- first: half of all the traffic
+		if record then
+			return on_target_reply(stanza, record);
+		end
+	end
 	local to_resource = resource_after(to, host_prefix);
 	local to_host = to == host;
 	if not to_resource and not to_host then
@@ -468,7 +481,7 @@ local function on_stanza(event)
 	end
 	if from_resource then
 		if stanza.name == "iq" and not is_request(stanza) then
-			return on_target_reply(stanza, from_resource, to_resource);
+			return drop(stanza, "not a reply to a pending request");
 		end
 		if not to_resource then
 			if stanza.attr.type ~= "error" then
