@@ -183,6 +183,34 @@ local function arm_timer()
 	end
 end
 
+-- Records of users' requests are reused once their reply has gone: the
+-- one table a request would otherwise allocate is most of what this
+-- module adds to Prosody's garbage per stanza. Only the reply path gives
+-- one back, when nothing else can refer to it.
+local SPARE_MAX = 256;
+local spare, spare_count = {}, 0;
+
+local function take_record()
+	if spare_count > 0 then
+		local record = spare[spare_count];
+		spare[spare_count], spare_count = nil, spare_count - 1;
+		return record;
+	end
+	-- Every field named, so that the table is built at its final size.
+	return {
+		kind = "in", sender = false, via = false, id = false, address = false, stanza = false,
+		resource = false, fresh_id = false, owner = false, deadline = 0, sent_from = false, sent_to = false,
+	};
+end
+
+local function give_back(record)
+	if spare_count < SPARE_MAX then
+		record.stanza = false; -- let the stanza go
+		spare_count = spare_count + 1;
+		spare[spare_count] = record;
+	end
+end
+
 -- Sends a user's request, held under record.fresh_id, to `resource`.
 local function dispatch(record, stanza, resource)
 	record.resource = resource;
@@ -232,14 +260,10 @@ local function route_request(stanza)
 		module:send(st.error_reply(stanza, "modify", "jid-malformed", "The sender's address is too long to be carried"));
 		return true;
 	end
-	local record = {
-		kind = "in", sender = sender, via = stanza.attr.to, id = id, address = address,
-		-- A get may be re-sent to another resource if this one goes away.
-		stanza = stanza.attr.type == "get" and stanza or nil,
-		-- Filled in by hold() and dispatch(); named here so that the table
-		-- is built at its final size, without a rehash per request.
-		resource = false, fresh_id = false, owner = false, deadline = 0, sent_from = false, sent_to = false,
-	};
+	local record = take_record();
+	record.sender, record.via, record.id, record.address = sender, stanza.attr.to, id, address;
+	-- A get may be re-sent to another resource if this one goes away.
+	record.stanza = stanza.attr.type == "get" and stanza or false;
 	if not hold(record, stanza, match(sender, "^[^/]*"), now) then -- by bare JID
 		return true;
 	end
@@ -365,6 +389,7 @@ local function on_target_reply(stanza, record)
 	finish(record);
 	measure_replies(1);
 	stanza.attr.from, stanza.attr.to, stanza.attr.id = record.via, record.sender, record.id;
+	give_back(record);
 	module:send(stanza);
 	return true;
 end
