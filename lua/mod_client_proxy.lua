@@ -6,8 +6,9 @@
 -- writes it (implementing clients such as Jitsi's jicofo read it), or with
 -- client_proxy_addressing = "tag" an unforgeable 16-character name of it,
 -- made and turned back by the C extension (src/jat.c, src/jat_lua.c).
--- Replies are routed back only when they answer a request this component
--- sent to that very resource with that id; the implementing client can
+-- Replies are routed back only when they answer a request in flight: the
+-- fresh id it was sent with, from the resource it went to, to the address
+-- it came from (whatever the addressing); the implementing client can
 -- also start IQs and messages to component/ADDRESS, which reach the JID
 -- behind ADDRESS if it wrote to the component lately.
 -- A superset of prosody-modules' mod_client_proxy, with its configuration.
