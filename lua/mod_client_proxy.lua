@@ -1,26 +1,34 @@
 -- mod_client_proxy: Jabber Address Translation (JAT) in front of a client.
 --
 -- IQ requests and messages sent to this component go to a resource of the
--- target account (the "implementing client"), from component/TAG, where TAG
--- is an unforgeable 16-character name of the sender's JID, made and turned
--- back by the C extension (src/jat.c, src/jat_lua.c). Replies are routed
--- back only when they answer a request this component sent to that very
--- resource with that id; the implementing client can also start IQs and
--- messages to component/TAG, which reach the JID that TAG names.
+-- target account (the "implementing client"), from component/ADDRESS.
+-- ADDRESS is the sender's full JID by default, as prosody-modules' module
+-- writes it (implementing clients such as Jitsi's jicofo read it), or with
+-- client_proxy_addressing = "tag" an unforgeable 16-character name of it,
+-- made and turned back by the C extension (src/jat.c, src/jat_lua.c).
+-- Replies are routed back only when they answer a request in flight: the
+-- fresh id it was sent with, from the resource it went to, to the address
+-- it came from (whatever the addressing); the implementing client can
+-- also start IQs and messages to component/ADDRESS, which reach the JID
+-- behind ADDRESS if it wrote to the component lately.
 -- A superset of prosody-modules' mod_client_proxy, with its configuration.
--- Resource choice is in cproxy/resources.lua.
+-- Resource choice is in cproxy/resources.lua, the requests in flight in
+-- cproxy/requests.lua, the recent senders in cproxy/recent.lua.
 -- SPDX-License-Identifier: MIT
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local cproxy = dofile(here .. "/cproxy/boot.lua")(here);
 local resources = cproxy.require("resources");
+local requests = cproxy.require("requests");
+local recent = cproxy.require("recent");
+local options = cproxy.require("options");
 module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";
 local jid_split, jid_bare, jid_prep = require "util.jid".split, require "util.jid".bare, require "util.jid".prep;
-local set = require "util.set";
+local new_prefix = require "util.id".custom(6); -- 48 random bits, 8 characters
 local time_now = require "util.time".now;
-local find, sub = string.find, string.sub;
+local find, match, sub = string.find, string.match, string.sub;
 
 local host = module.host;
 
@@ -39,19 +47,14 @@ if not target_node or target_resource then
 end
 target = target_node .. "@" .. target_host;
 
-local function clamp(value, min, max)
-	return math.max(min, math.min(max, value));
-end
-
-local policy = module:get_option_string("client_proxy_policy", "random");
-if not set.new(resources.policies):contains(policy) then
-	module:log("error", "client_proxy_policy must be one of %s, not %q; using \"random\"",
-		table.concat(resources.policies, ", "), policy);
-	policy = "random";
-end
+local policy = options.choice(module, "client_proxy_policy", "random", resources.policies);
 local preferred = module:get_option_array("client_proxy_resources", {});
-local request_timeout = clamp(module:get_option_number("client_proxy_timeout", 30), 1, 86400);
+local request_timeout = options.number(module, "client_proxy_timeout", 30, 1, 86400);
+local max_pending = options.number(module, "client_proxy_max_pending", 10000, 1, 1000000, true);
+local max_per_sender = options.number(module, "client_proxy_max_pending_per_sender", 100, 1, 1000000, true);
 local secret = module:get_option_string("client_proxy_secret");
+local addressing = options.choice(module, "client_proxy_addressing", "jid", { "jid", "tag" });
+local contact_window = options.number(module, "client_proxy_contact_window", 3600, 60, 604800);
 
 -- The key survives a module reload, so tags handed out before it stay valid.
 local shared = module:shared("key");
@@ -64,37 +67,84 @@ if not shared.key or shared.secret ~= secret then
 end
 local key = shared.key;
 
+-- The JIDs that wrote lately, for "jid" addressing; kept across a reload,
+-- with the C extension's bounds (the same as for the tags' JIDs).
+if not shared.recent then
+	shared.recent = recent.new(contact_window, cproxy.core.jat_generation_jids,
+		cproxy.core.jat_generation_bytes, time_now());
+end
+local senders = shared.recent;
+senders.window = contact_window;
+
+-- A resource holds at most 1023 bytes (RFC 7622): a longer sender JID
+-- cannot be written into component/JID.
+local RESOURCE_MAX = 1023;
+
+-- The address part for `sender` (a full JID) in component/ADDRESS, or nil
+-- when it cannot be carried. Marks the sender as one that wrote lately.
+local address_of;
+-- The JID behind ADDRESS, or nil, "unknown" | "invalid".
+local peer_of;
+if addressing == "jid" then
+	function address_of(sender, now)
+		if #sender > RESOURCE_MAX then
+			return nil;
+		end
+		senders:put(sender, now);
+		return sender;
+	end
+	function peer_of(address)
+		local now = time_now();
+		if senders:has(address, now) then
+			return address;
+		end
+		local prepped = jid_prep(address); -- as the implementing client may have spelled it
+		if prepped and prepped ~= address and senders:has(prepped, now) then
+			return prepped;
+		end
+		return nil, prepped and "unknown" or "invalid";
+	end
+else
+	function address_of(sender)
+		return (key:encode(sender));
+	end
+	function peer_of(address)
+		return key:decode(address);
+	end
+end
+
+
 local measure_routed = module:measure("routed", "counter");
 local measure_replies = module:measure("replies", "counter");
 local measure_timeouts = module:measure("timeouts", "counter");
 local measure_failovers = module:measure("failovers", "counter");
 local measure_dropped = module:measure("dropped", "counter");
 local measure_messages = module:measure("messages", "counter");
-local pending_gauge = module:metric("gauge", "pending", "", "IQ requests awaiting a reply, per resource of the implementing client", { "resource" });
+local measure_refused = module:measure("refused", "counter");
+-- One series, not one per resource: Prosody 0.12's metric families cannot
+-- drop a label set, and a client with random resources would add one on
+-- every login.
+local pending_gauge = module:metric("gauge", "pending", "", "IQ requests in flight, both ways", {}):with_labels();
 
 local pool = assert(resources.new(policy, preferred));
+-- Only least_pending reads the requests in flight per resource: the other
+-- policies skip that bookkeeping on every request.
+local per_resource = policy == "least_pending";
 
--- Requests in flight, and nothing else: the GC walks every live table on
--- each cycle, so no index here outlives the requests it holds. A request
--- from a user is keyed by the resource it went to, the tag it came from and
--- its id: exactly what a genuine reply carries. A request from the
--- implementing client gets a fresh id (two resources may use the same one).
-local pending = {}; -- "resource\0tag\0id" -> record
-local started = {}; -- fresh id -> record
-local next_id = 0;
+-- Requests in flight, both ways, under fresh ids: a user's request is
+-- sent to the implementing client with one (its own id comes back in the
+-- reply), and so is the implementing client's to a user (two resources
+-- may use the same id). The per-load prefix keeps them apart from a
+-- previous load's. A record is `in` (from a user) or `out` (started by
+-- the implementing client).
+local inflight = requests.new({
+	timeout = request_timeout, max_pending = max_pending, max_per_owner = max_per_sender,
+	prefix = new_prefix() .. "-",
+});
 local sweep_timer;
 
--- The pending gauge of each resource that has had requests in flight, set
--- only when statistics are collected: nothing per request.
-local gauges = {};
-
 module:hook_global("stats-update", function ()
-	for resource in pool:pending_resources() do
-		gauges[resource] = gauges[resource] or pending_gauge:with_labels(resource);
-	end
-	for resource, gauge in pairs(gauges) do
-		gauge:set(pool:pending_of(resource));
-	end
+	pending_gauge:set(inflight.count);
 end);
 
 -- An error to whoever sent the request of `record`, as if from the address
@@ -104,44 +154,24 @@ local function send_error(record, type_, condition, text)
 	module:send(st.error_reply(request, type_, condition, text));
 end
 
--- Records of `list` for which `select(record)` holds, taken out first so
--- that handling them may add to the tables.
-local function collect(list, select, arg)
-	local found = {};
-	for _, record in pairs(list) do
-		if select(record, arg) then
-			found[#found + 1] = record;
-		end
-	end
-	return found;
-end
-
-local function is_due(record, now)
-	return record.deadline <= now;
-end
-
 local function finish(record)
-	if record.key then
-		pending[record.key] = nil;
+	if inflight:finish(record) and per_resource and record.kind == "in" then
 		pool:add_pending(record.resource, -1);
-	else
-		started[record.fresh_id] = nil;
 	end
 end
 
 -- Once a second while anything is in flight: O(requests in flight).
 local function expire()
-	local now = time_now();
-	for _, list in ipairs({ pending, started }) do
-		for _, record in ipairs(collect(list, is_due, now)) do
-			finish(record);
-			measure_timeouts(1);
-			module:log("debug", "No reply from %s/%s to %s's %s in %gs", target, record.resource,
-				record.sender, record.id, request_timeout);
-			send_error(record, "wait", "remote-server-timeout", "The implementing client did not reply in time");
+	for _, record in ipairs(inflight:expire(time_now())) do
+		if per_resource and record.kind == "in" then
+			pool:add_pending(record.resource, -1);
 		end
+		measure_timeouts(1);
+		module:log("debug", "No reply from %s/%s to %s's %s in %gs", target, record.resource,
+			record.sender, record.id, request_timeout);
+		send_error(record, "wait", "remote-server-timeout", "The implementing client did not reply in time");
 	end
-	if next(pending) == nil and next(started) == nil then
+	if inflight:empty() then
 		sweep_timer = nil;
 		return;
 	end
@@ -154,80 +184,130 @@ local function arm_timer()
 	end
 end
 
--- The second after which a request made now times out.
-local function deadline()
-	return math.ceil(time_now() + request_timeout);
+-- Records of users' requests are reused once their reply has gone: the
+-- one table a request would otherwise allocate is most of what this
+-- module adds to Prosody's garbage per stanza. Only the reply path gives
+-- one back, when nothing else can refer to it.
+local SPARE_MAX = 256;
+local spare, spare_count = {}, 0;
+
+local function take_record()
+	if spare_count > 0 then
+		local record = spare[spare_count];
+		spare[spare_count], spare_count = nil, spare_count - 1;
+		return record;
+	end
+	-- Every field named, so that the table is built at its final size.
+	return {
+		kind = "in", sender = false, via = false, id = false, address = false, stanza = false,
+		resource = false, fresh_id = false, owner = false, deadline = 0, sent_from = false, sent_to = false,
+	};
 end
 
--- Sends a user's request to `resource`. Returns false when the same request
--- (resource, tag, id) is already in flight.
+local function give_back(record)
+	if spare_count < SPARE_MAX then
+		record.stanza = false; -- let the stanza go
+		spare_count = spare_count + 1;
+		spare[spare_count] = record;
+	end
+end
+
+-- Sends a user's request, held under record.fresh_id, to `resource`.
 local function dispatch(record, stanza, resource)
-	local k = resource .. "\0" .. record.tag .. "\0" .. record.id;
-	if pending[k] then
+	record.resource = resource;
+	if per_resource then
+		pool:add_pending(resource, 1);
+	end
+	-- A genuine reply comes back with exactly these two addresses swapped.
+	local from, to = host .. "/" .. record.address, target .. "/" .. resource;
+	record.sent_from, record.sent_to = from, to;
+	stanza.attr.from, stanza.attr.to, stanza.attr.id = from, to, record.fresh_id;
+	module:send(stanza);
+end
+
+local refusals = {
+	overall = "Too many requests are in flight to this service";
+	sender = "Too many of your requests are in flight to this service";
+};
+
+-- Holds `record`, or answers `stanza` with resource-constraint.
+local function hold(record, stanza, owner, now)
+	local id, over = inflight:add(record, owner, now);
+	if not id then
+		measure_refused(1);
+		module:log("debug", "Refused %s's %s: %s", record.sender, record.id, refusals[over]);
+		module:send(st.error_reply(stanza, "wait", "resource-constraint", refusals[over]));
 		return false;
 	end
-	record.resource, record.key = resource, k;
-	pending[k] = record;
-	pool:add_pending(resource, 1);
 	arm_timer();
-	stanza.attr.from = host .. "/" .. record.tag;
-	stanza.attr.to = target .. "/" .. resource;
-	module:send(stanza);
 	return true;
 end
 
 -- A request from a user (anyone but the target).
 local function route_request(stanza)
-	local sender = stanza.attr.from;
+	local sender, id = stanza.attr.from, stanza.attr.id;
+	if id == nil then -- s2s and components may send one
+		module:send(st.error_reply(stanza, "modify", "bad-request", "An IQ request needs an id"));
+		return true;
+	end
 	local resource = pool:choose(sender);
 	if not resource then
 		module:send(st.error_reply(stanza, "cancel", "service-unavailable", "No implementing client is available"));
 		return true;
 	end
-	local tag = key:encode(sender);
-	if not tag then
-		module:send(st.error_reply(stanza, "modify", "jid-malformed"));
+	local now = time_now();
+	local address = address_of(sender, now);
+	if not address then
+		module:send(st.error_reply(stanza, "modify", "jid-malformed", "The sender's address is too long to be carried"));
 		return true;
 	end
-	local record = {
-		sender = sender, via = stanza.attr.to, id = stanza.attr.id, tag = tag, deadline = deadline(),
-		-- A get may be re-sent to another resource if this one goes away.
-		stanza = stanza.attr.type == "get" and stanza or nil,
-	};
-	if not dispatch(record, stanza, resource) then
-		module:send(st.error_reply(stanza, "modify", "bad-request", "A request with this id is already pending"));
+	local record = take_record();
+	record.sender, record.via, record.id, record.address = sender, stanza.attr.to, id, address;
+	-- A get may be re-sent to another resource if this one goes away.
+	record.stanza = stanza.attr.type == "get" and stanza or false;
+	if not hold(record, stanza, match(sender, "^[^/]*"), now) then -- by bare JID
 		return true;
 	end
+	dispatch(record, stanza, resource);
 	measure_routed(1);
 	return true;
 end
 
 -- Re-sends a get to another resource, or fails the request: a set may have
--- taken effect, so it is never repeated.
+-- taken effect, so it is never repeated. The fresh id stays: a late reply
+-- from the resource that left no longer matches, as it comes from elsewhere.
 local function reroute(record, gone)
-	finish(record);
+	if per_resource then
+		pool:add_pending(gone, -1);
+	end
 	local other = record.stanza and pool:choose(record.sender);
-	if other and dispatch(record, st.clone(record.stanza), other) then
+	if other then
 		measure_failovers(1);
 		module:log("debug", "Re-sent %s's %s from %s to %s", record.sender, record.id, gone, other);
+		dispatch(record, st.clone(record.stanza), other);
 		return;
 	end
+	inflight:finish(record);
 	module:log("debug", "%s went away with %s's %s %s", gone, record.sender, record.stanza and "get" or "set", record.id);
 	send_error(record, "cancel", "recipient-unavailable", "The implementing client went away");
 end
 
-local function sent_to(record, resource)
-	return record.resource == resource;
+local function went_to(record, resource)
+	return record.kind == "in" and record.resource == resource;
+end
+
+local function started_by(record, resource)
+	return record.kind == "out" and record.resource == resource;
 end
 
 -- Moves or fails the requests sent to a resource that went away, and
 -- forgets those it started: their replies have nowhere to go.
 local function fail_over(resource)
-	for _, record in ipairs(collect(pending, sent_to, resource)) do
+	for _, record in ipairs(inflight:select(went_to, resource)) do
 		reroute(record, resource);
 	end
-	for _, record in ipairs(collect(started, sent_to, resource)) do
-		finish(record);
+	for _, record in ipairs(inflight:select(started_by, resource)) do
+		inflight:finish(record);
 	end
 end
 
@@ -294,30 +374,36 @@ local function drop(stanza, why)
 	return true;
 end
 
--- A reply from the target to component/TAG: forwarded only if it answers a
--- request sent to that resource with that id.
-local function on_target_reply(stanza, resource, tag)
-	local record = pending[resource .. "\0" .. (tag or "") .. "\0" .. (stanza.attr.id or "")];
-	if not record then
-		return drop(stanza, "not a reply to a pending request");
+-- The request in flight that `stanza`, a result or error, answers: one
+-- sent with its id, to the resource it comes from, from the address it
+-- goes to. Whole addresses are compared, so nothing is split or copied.
+local function answered_by(stanza)
+	local attr = stanza.attr;
+	local record = inflight:get(attr.id);
+	if record and record.kind == "in" and record.sent_to == attr.from and record.sent_from == attr.to then
+		return record;
 	end
+end
+
+-- A reply from the target to a user's request: passed back to the user.
+local function on_target_reply(stanza, record)
 	finish(record);
 	measure_replies(1);
-	stanza.attr.from = record.via;
-	stanza.attr.to = record.sender;
+	stanza.attr.from, stanza.attr.to, stanza.attr.id = record.via, record.sender, record.id;
+	give_back(record);
 	module:send(stanza);
 	return true;
 end
 
--- An IQ request or a message from the target to component/TAG.
-local function on_target_request(stanza, resource, tag)
-	local peer, err = key:decode(tag or "");
+-- An IQ request or a message from the target to component/ADDRESS.
+local function on_target_request(stanza, resource, address)
+	local peer, err = peer_of(address);
 	if not peer then
 		if stanza.attr.type ~= "error" and stanza.attr.type ~= "result" then
 			module:send(st.error_reply(stanza, "cancel", "item-not-found",
 				err == "unknown" and "No one with this address has contacted this component lately" or "Not an address of this component"));
 		end
-		return drop(stanza, "the tag is " .. err);
+		return drop(stanza, "the address is " .. err);
 	end
 	if stanza.name == "message" then
 		measure_messages(1);
@@ -325,23 +411,26 @@ local function on_target_request(stanza, resource, tag)
 		module:send(stanza);
 		return true;
 	end
-	next_id = next_id + 1;
-	local fresh_id = ("jat%x"):format(next_id);
+	if stanza.attr.id == nil then
+		module:send(st.error_reply(stanza, "modify", "bad-request", "An IQ request needs an id"));
+		return true;
+	end
 	local record = {
-		fresh_id = fresh_id, resource = resource, id = stanza.attr.id, sender = stanza.attr.from, via = stanza.attr.to, peer = peer, deadline = deadline(),
+		kind = "out", resource = resource, id = stanza.attr.id, sender = stanza.attr.from, via = stanza.attr.to, peer = peer,
 	};
-	started[fresh_id] = record;
-	arm_timer();
+	if not hold(record, stanza, nil, time_now()) then
+		return true;
+	end
 	measure_routed(1);
-	stanza.attr.from, stanza.attr.to, stanza.attr.id = host, peer, fresh_id;
+	stanza.attr.from, stanza.attr.to, stanza.attr.id = host, peer, record.fresh_id;
 	module:send(stanza);
 	return true;
 end
 
 -- A user's reply to a request the implementing client started.
 local function on_user_reply(stanza)
-	local record = started[stanza.attr.id];
-	if not record or record.peer ~= stanza.attr.from then
+	local record = inflight:get(stanza.attr.id);
+	if not record or record.kind ~= "out" or record.peer ~= stanza.attr.from then
 		return drop(stanza, "not a reply to a pending request");
 	end
 	finish(record);
@@ -366,35 +455,68 @@ local function resource_after(address, prefix)
 	end
 end
 
+-- For node@component and node@component/res, which prosody-modules'
+-- module served like the component: true and the resource, if any.
+local function node_address(to)
+	local at = find(to, "@", 1, true);
+	if not at then
+		return false;
+	end
+	local slash = find(to, "/", 1, true);
+	if slash and slash < at then
+		return false; -- component/res@..., not a node
+	end
+	local rest = sub(to, at + 1);
+	if rest == host then
+		return true, nil;
+	end
+	local resource = resource_after(rest, host_prefix);
+	return resource ~= nil, resource;
+end
+
 local function on_stanza(event)
 	local stanza = event.stanza;
 	local from, to = stanza.attr.from, stanza.attr.to;
+	if stanza.name == "iq" and (stanza.attr.type == "result" or stanza.attr.type == "error") then
+		local record = answered_by(stanza); -- first: half of all the traffic
+		if record then
+			return on_target_reply(stanza, record);
+		end
+	end
 	local to_resource = resource_after(to, host_prefix);
-	if not to_resource and to ~= host then
-		return; -- not ours (cannot happen for a component, but cheap to check)
+	local to_host = to == host;
+	if not to_resource and not to_host then
+		local ours;
+		ours, to_resource = node_address(to or "");
+		if not ours then
+			return; -- not ours (cannot happen for a component, but cheap to check)
+		end
 	end
 	local from_resource = resource_after(from, target_prefix);
-	if from_resource then
-		if stanza.name == "presence" then
+	if stanza.name == "presence" then
+		-- Only presence to the component itself says whether the target is
+		-- available; presence directed at component/X or node@component
+		-- does not.
+		if to_host and (from_resource or jid_bare(from) == target) then
 			return on_target_presence(stanza);
 		end
+		if from_resource then
+			return drop(stanza, "directed presence");
+		end
+		return; -- others' presence is not ours to handle
+	end
+	if from_resource then
 		if stanza.name == "iq" and not is_request(stanza) then
-			return on_target_reply(stanza, from_resource, to_resource);
+			return drop(stanza, "not a reply to a pending request");
 		end
 		if not to_resource then
 			if stanza.attr.type ~= "error" then
 				module:send(st.error_reply(stanza, "cancel", "feature-not-implemented",
-					"Address component/TAG, where TAG is the resource requests came from"));
+					"Address component/ADDRESS, where ADDRESS is the resource requests came from"));
 			end
 			return true;
 		end
 		return on_target_request(stanza, from_resource, to_resource);
-	end
-	if stanza.name == "presence" then
-		if jid_bare(from) == target then
-			return on_target_presence(stanza); -- from the bare JID: the server speaking for it
-		end
-		return; -- others' presence is not ours to handle
 	end
 	if is_request(stanza) then
 		return route_request(stanza);
@@ -407,15 +529,21 @@ local function on_stanza(event)
 	end
 	-- A message from a user.
 	local resource = pool:choose(from);
-	local tag = resource and key:encode(from);
-	if not tag then
+	if not resource then
 		if stanza.attr.type ~= "error" then
 			module:send(st.error_reply(stanza, "cancel", "service-unavailable", "No implementing client is available"));
 		end
 		return true;
 	end
+	local address = address_of(from, time_now());
+	if not address then
+		if stanza.attr.type ~= "error" then
+			module:send(st.error_reply(stanza, "modify", "jid-malformed", "The sender's address is too long to be carried"));
+		end
+		return true;
+	end
 	measure_messages(1);
-	stanza.attr.from, stanza.attr.to = host .. "/" .. tag, target .. "/" .. resource;
+	stanza.attr.from, stanza.attr.to = host .. "/" .. address, target .. "/" .. resource;
 	module:send(stanza);
 	return true;
 end
@@ -442,17 +570,9 @@ end
 
 function module.unload()
 	-- Nobody will answer these any more; tell their senders now.
-	local records = {};
-	for _, list in ipairs({ pending, started }) do
-		for _, record in pairs(list) do
-			records[#records + 1] = record;
-		end
-	end
-	pending, started = {}, {};
-	for _, gauge in pairs(gauges) do
-		gauge:set(0); -- the metric family outlives this module instance
-	end
+	local records = inflight:drain();
+	pending_gauge:set(0); -- the metric family outlives this module instance
 	for _, record in ipairs(records) do
-		send_error(record, "wait", "service-unavailable", "The service is restarting");
+		send_error(record, "cancel", "service-unavailable", "The service is restarting");
 	end
 end

@@ -6,12 +6,17 @@ local socket = require "socket";
 local prosody = require "spec.helpers.prosody";
 local xmpp = require "spec.helpers.xmpp_client";
 local st = require "util.stanza";
+local jid = require "util.jid";
 
 local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 local xmlns_test = "urn:example:client-proxy";
 
 local components = {
 	{ "plain", {} },
+	{ "tagged", { client_proxy_addressing = "tag" } },
+	{ "focus", {} },
+	{ "focustag", { client_proxy_addressing = "tag" } },
+	{ "rrtag", { client_proxy_policy = "round_robin", client_proxy_addressing = "tag" } },
 	{ "short", { client_proxy_timeout = 2 } },
 	{ "rr", { client_proxy_policy = "round_robin" } },
 	{ "sticky", { client_proxy_policy = "sticky" } },
@@ -19,10 +24,13 @@ local components = {
 	{ "pinned", { client_proxy_policy = "round_robin", client_proxy_resources = { "second", "first" } } },
 	{ "failover", { client_proxy_policy = "round_robin" } },
 	{ "prio", { client_proxy_policy = "round_robin" } },
+	{ "capped", { client_proxy_max_pending = 3, client_proxy_max_pending_per_sender = 2 } },
+	{ "nodes", {} },
 };
 
 local function config()
-	local lines = { 'VirtualHost "localhost"', "" };
+	local lines = { 'VirtualHost "localhost"', "", 'VirtualHost "guest.localhost"', "",
+		'Component "ext.localhost"', '\tcomponent_secret = "ext-secret"', "" };
 	for _, c in ipairs(components) do
 		table.insert(lines, ('Component "%s.localhost" "client_proxy"'):format(c[1]));
 		table.insert(lines, ('\ttarget_address = "%s-svc@localhost"'):format(c[1]));
@@ -42,7 +50,7 @@ end
 local function accounts()
 	local list = {
 		{ "alice", "localhost", "alice" }, { "bob", "localhost", "bob" },
-		{ "ñandú", "localhost", "ñandú" },
+		{ "ñandú", "localhost", "ñandú" }, { "visitor", "guest.localhost", "visitor" },
 	};
 	for _, c in ipairs(components) do
 		table.insert(list, { c[1] .. "-svc", "localhost", c[1] .. "-svc" });
@@ -179,18 +187,16 @@ describe("mod_client_proxy #integration", function ()
 		end
 	end);
 
-	it("routes a request to the implementing client and its reply back, ids kept", function ()
+	it("routes a request to the implementing client from component/JID, and its reply back with the sender's id", function ()
 		local svc = implementing(server, "plain", { "a" });
 		local alice = login(server, "alice", "desk");
 		finally(function () close_all({ svc[1], alice }); end);
 
 		alice:send(request("plain.localhost", "get", "q-1"));
 		local req = assert(svc[1]:await(is_request));
-		assert.equal("q-1", req.attr.id);
+		assert.not_equal("q-1", req.attr.id, "a fresh id, unique across reloads");
 		assert.equal("plain-svc@localhost/a", req.attr.to);
-		local tag = req.attr.from:match("^plain%.localhost/(.+)$");
-		assert.truthy(tag, req.attr.from);
-		assert.is_nil(tag:find("alice", 1, true), "the tag is not the raw JID");
+		assert.equal("plain.localhost/alice@localhost/desk", req.attr.from, "the sender's full JID, unescaped");
 		assert.truthy(req:get_child("query", xmlns_test), "the payload is forwarded");
 
 		answer(svc[1], req);
@@ -208,20 +214,182 @@ describe("mod_client_proxy #integration", function ()
 		assert.equal("cancel/not-allowed", condition(reply));
 	end);
 
-	it("gives each sender its own tag, and the same one every time", function ()
-		local svc = implementing(server, "plain", { "a" });
+	it("gives each sender its own tag under \"tag\", and the same one every time", function ()
+		local svc = implementing(server, "tagged", { "a" });
 		local alice1, alice2 = login(server, "alice", "one"), login(server, "alice", "two");
 		finally(function () close_all({ svc[1], alice1, alice2 }); end);
 		local tags = {};
 		for _, user in ipairs({ alice1, alice2, alice1 }) do
-			user:send(request("plain.localhost"));
+			user:send(request("tagged.localhost", "get", "t-1"));
 			local req = assert(svc[1]:await(is_request));
-			table.insert(tags, req.attr.from);
+			local tag = req.attr.from:match("^tagged%.localhost/(.+)$");
+			assert.truthy(tag, req.attr.from);
+			assert.equal(16, #tag);
+			assert.is_nil(tag:find("alice", 1, true), "the tag is not the raw JID");
+			table.insert(tags, tag);
 			answer(svc[1], req);
-			assert(user:await_iq("result"));
+			assert.equal("t-1", assert(user:await_iq("result")).attr.id);
 		end
 		assert.not_equal(tags[1], tags[2]);
 		assert.equal(tags[1], tags[3]);
+	end);
+
+	-- An implementing client like Jitsi's jicofo: it takes the resource of
+	-- `from` (after the first '/'), parses it as a JID and lets in only
+	-- users of the authenticated domain, answering with their bare JID.
+	local function jicofo_like(client, req)
+		local resource = req.attr.from:match("^[^/]*/(.+)$");
+		local node, domain = jid.split(resource);
+		if not node or domain ~= "localhost" then
+			client:send(st.error_reply(req, "auth", "not-authorized", "only authenticated users are allowed to create new rooms"));
+			return;
+		end
+		client:send(st.reply(req):tag("conference", { xmlns = xmlns_test, requester = node .. "@" .. domain }));
+	end
+
+	it("lets an implementing client that parses the requester from the resource, as jicofo does, find the sender", function ()
+		local svc = implementing(server, "focus", { "focus" });
+		local alice = login(server, "alice", "meet");
+		local visitor = login(server, "visitor", "meet", { domain = "guest.localhost" });
+		finally(function () close_all({ svc[1], alice, visitor }); end);
+
+		alice:send(request("focus.localhost", "set", "conf-1"));
+		jicofo_like(svc[1], assert(svc[1]:await(is_request)));
+		local reply = assert(alice:await_iq());
+		assert.equal("result", reply.attr.type, tostring(reply));
+		assert.equal("alice@localhost", reply:get_child("conference", xmlns_test).attr.requester);
+
+		visitor:send(request("focus.localhost", "set", "conf-2"));
+		jicofo_like(svc[1], assert(svc[1]:await(is_request)));
+		reply = assert(visitor:await_iq());
+		assert.equal("auth/not-authorized", condition(reply));
+	end);
+
+	it("hides the requester from such a client under \"tag\"", function ()
+		local svc = implementing(server, "focustag", { "focus" });
+		local alice = login(server, "alice", "meet");
+		finally(function () close_all({ svc[1], alice }); end);
+		alice:send(request("focustag.localhost", "set", "conf-1"));
+		local req = assert(svc[1]:await(is_request));
+		assert.is_nil(req.attr.from:find("alice", 1, true));
+		jicofo_like(svc[1], req);
+		assert.equal("auth/not-authorized", condition(assert(alice:await_iq())));
+	end);
+
+	it("answers jid-malformed to a sender whose full JID is too long for a resource", function ()
+		local svc = implementing(server, "plain", { "a" });
+		local long = login(server, "alice", ("r"):rep(1020)); -- 1036 bytes in all
+		local tagged = implementing(server, "tagged", { "a" });
+		finally(function () close_all({ svc[1], tagged[1], long }); end);
+		local reply = assert(long:request(request("plain.localhost")));
+		assert.equal("modify/jid-malformed", condition(reply));
+		long:send(st.message({ to = "plain.localhost", type = "chat" }):tag("body"):text("hi"):up());
+		assert.equal("modify/jid-malformed", condition(assert(long:await_message())));
+		assert.same({}, delivered(svc[1], 0.2));
+		-- a tag carries it
+		long:send(request("tagged.localhost", "get", "long-1"));
+		answer(tagged[1], assert(tagged[1]:await(is_request)));
+		assert.equal("long-1", assert(long:await_iq("result")).attr.id);
+	end);
+
+	it("answers an IQ request without an id, as s2s and components may send, with bad-request (#17)", function ()
+		local svc = implementing(server, "plain", { "a" });
+		local ext = assert(xmpp.component({ port = server.ports.component, domain = "ext.localhost", secret = "ext-secret" }));
+		finally(function () close_all({ svc[1], ext }); end);
+		ext:send(st.stanza("iq", { type = "get", from = "u@ext.localhost/r", to = "plain.localhost" }):tag("query", { xmlns = xmlns_test }):up());
+		local reply = assert(ext:await_iq("error"));
+		assert.equal("modify/bad-request", condition(reply));
+		assert.same({}, delivered(svc[1], 0.2));
+		-- the same with an id goes through
+		ext:send(st.iq({ type = "get", id = "x1", from = "u@ext.localhost/r", to = "plain.localhost" }):tag("query", { xmlns = xmlns_test }):up());
+		answer(svc[1], assert(svc[1]:await(is_request)));
+		assert.equal("x1", assert(ext:await_iq("result")).attr.id);
+	end);
+
+	it("caps requests in flight per sender and overall with wait/resource-constraint (#17)", function ()
+		local svc = implementing(server, "capped", { "a" });
+		local alice, bob = login(server, "alice"), login(server, "bob");
+		finally(function () close_all({ svc[1], alice, bob }); end);
+		local held = {};
+		for i = 1, 2 do
+			alice:send(request("capped.localhost", "get", "a" .. i));
+			held[#held + 1] = assert(svc[1]:await(is_request));
+		end
+		local refused = assert(alice:request(request("capped.localhost", "get", "a3")));
+		assert.equal("wait/resource-constraint", condition(refused));
+		bob:send(request("capped.localhost", "get", "b1"));
+		held[#held + 1] = assert(svc[1]:await(is_request));
+		refused = assert(bob:request(request("capped.localhost", "get", "b2")));
+		assert.equal("wait/resource-constraint", condition(refused), "over the overall cap");
+		-- one answer makes room again
+		answer(svc[1], held[1]);
+		assert.equal("a1", assert(alice:await_iq("result")).attr.id);
+		alice:send(request("capped.localhost", "get", "a4"));
+		held[#held + 1] = assert(svc[1]:await(is_request));
+		for i = 2, #held do
+			answer(svc[1], held[i]);
+		end
+		assert(alice:await_iq("result"));
+		assert(alice:await_iq("result"));
+		assert(bob:await_iq("result"));
+	end);
+
+	it("holds no more than the cap for a flood of fresh ids from many JIDs of one remote domain (#17)", function ()
+		local svc = implementing(server, "capped", { "a" });
+		local ext = assert(xmpp.component({ port = server.ports.component, domain = "ext.localhost", secret = "ext-secret" }));
+		finally(function () close_all({ svc[1], ext }); end);
+		local out = {};
+		for i = 1, 200 do
+			out[i] = tostring(st.iq({ type = "set", id = "f" .. i, from = ("u%d@ext.localhost/r"):format(i), to = "capped.localhost" })
+				:tag("query", { xmlns = xmlns_test }));
+		end
+		ext.sock:send(table.concat(out));
+		local refused = 0;
+		for _ = 1, 197 do
+			local reply = assert(ext:await_iq("error"));
+			assert.equal("wait/resource-constraint", condition(reply));
+			refused = refused + 1;
+		end
+		assert.equal(197, refused);
+		local forwarded = delivered(svc[1], 0.3);
+		assert.equal(3, #forwarded);
+		for _, req in ipairs(forwarded) do
+			answer(svc[1], req);
+		end
+		for _ = 1, 3 do
+			assert.equal("result", assert(ext:await_iq()).attr.type);
+		end
+	end);
+
+	it("serves node@component and node@component/res like the component (#17)", function ()
+		local svc = implementing(server, "nodes", { "a" });
+		local alice = login(server, "alice", "n");
+		finally(function () close_all({ svc[1], alice }); end);
+		for _, to in ipairs({ "room@nodes.localhost", "room@nodes.localhost/nick" }) do
+			alice:send(request(to, "get", "n1"));
+			local req = assert(svc[1]:await(is_request));
+			assert.equal("nodes.localhost/alice@localhost/n", req.attr.from);
+			answer(svc[1], req);
+			local reply = assert(alice:await_iq("result"));
+			assert.equal("n1", reply.attr.id);
+			assert.equal(to, reply.attr.from);
+		end
+		-- the implementing client may write to node@component/JID too
+		svc[1]:send(st.message({ to = "room@nodes.localhost/alice@localhost/n", type = "chat" }):tag("body"):text("via node"):up());
+		local msg = assert(alice:await_message());
+		assert.equal("via node", msg:get_child_text("body"));
+		assert.equal("nodes.localhost", msg.attr.from);
+	end);
+
+	it("does not take the target's presence directed at component/X for its availability (#17)", function ()
+		local svc = implementing(server, "nodes", { "a" });
+		local alice = login(server, "alice");
+		finally(function () close_all({ svc[1], alice }); end);
+		svc[1]:send(st.presence({ type = "unavailable", to = "nodes.localhost/" .. alice.jid }));
+		svc[1]:send(st.presence({ type = "unavailable", to = "room@nodes.localhost" }));
+		alice:send(request("nodes.localhost", "get", "still"));
+		answer(svc[1], assert(svc[1]:await(is_request)));
+		assert.equal("still", assert(alice:await_iq("result")).attr.id);
 	end);
 
 	it("answers service-unavailable when no resource is available", function ()
@@ -252,12 +420,15 @@ describe("mod_client_proxy #integration", function ()
 		assert.equal("¿qué tal?", msg:get_child_text("body"));
 	end);
 
-	it("never delivers forged, altered or unsolicited replies", function ()
-		local svc = implementing(server, "rr", { "first", "second" });
+	for _, case in ipairs({ { "jid", "rr" }, { "tag", "rrtag" } }) do
+	local name = case[2];
+	local component = name .. ".localhost";
+	it("never delivers forged, altered or unsolicited replies under \"" .. case[1] .. "\"", function ()
+		local svc = implementing(server, name, { "first", "second" });
 		local alice, bob = login(server, "alice"), login(server, "bob");
 		finally(function () close_all({ svc[1], svc[2], alice, bob }); end);
 
-		alice:send(request("rr.localhost", "get", "real"));
+		alice:send(request(component, "get", "real"));
 		local owner, req = await_any(svc, is_request);
 		assert.truthy(owner);
 		local other = owner == svc[1] and svc[2] or svc[1];
@@ -268,18 +439,22 @@ describe("mod_client_proxy #integration", function ()
 		-- the right resource, the wrong id
 		owner:send(st.iq({ type = "result", id = "not-real", to = tag_address }));
 		-- the right resource and id, an altered tag (every position tried)
-		local tag = tag_address:match("/(.*)$");
-		for i = 1, #tag, 3 do
-			local c = tag:sub(i, i) == "A" and "B" or "A";
-			owner:send(st.iq({ type = "result", id = "real", to = "rr.localhost/" .. tag:sub(1, i - 1) .. c .. tag:sub(i + 1) }));
+		local address = tag_address:match("^[^/]*/(.*)$");
+		for i = 1, #address, 3 do
+			local c = address:sub(i, i) == "A" and "B" or "A";
+			owner:send(st.iq({ type = "result", id = "real", to = component .. "/" .. address:sub(1, i - 1) .. c .. address:sub(i + 1) }));
 		end
-		-- someone else entirely, to the tag and to the bare component
+		-- someone else's address: bob's, whom the implementing client may know
+		owner:send(st.iq({ type = "result", id = "real", to = component .. "/" .. bob.jid }));
+		-- someone else entirely, to the address and to the bare component
 		bob:send(st.iq({ type = "result", id = "real", to = tag_address }));
-		bob:send(st.iq({ type = "result", id = "real", to = "rr.localhost" }));
-		-- a request from the implementing client to an altered tag is refused
-		local refused = assert(owner:request(xmpp.iq({ type = "get", to = "rr.localhost/AAAAAAAAAAAAAAAAAAAAAAAAAAA" })
-			:tag("query", { xmlns = xmlns_test }):up()));
-		assert.equal("cancel/item-not-found", condition(refused));
+		bob:send(st.iq({ type = "result", id = "real", to = component }));
+		-- a request from the implementing client to an address no one wrote from is refused
+		for _, made_up in ipairs({ "AAAAAAAAAAAAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAAA", "carol@localhost/x", bob.jid }) do
+			local refused = assert(owner:request(xmpp.iq({ type = "get", to = component .. "/" .. made_up })
+				:tag("query", { xmlns = xmlns_test }):up()));
+			assert.equal("cancel/item-not-found", condition(refused));
+		end
 
 		local leaked = delivered(alice, 0.5);
 		assert.same({}, leaked, "nothing reached alice before the genuine reply");
@@ -292,6 +467,7 @@ describe("mod_client_proxy #integration", function ()
 		assert.same({}, delivered(alice, 0.5));
 		assert.same({}, delivered(bob, 0.1));
 	end);
+	end
 
 	it("sends messages both ways, and lets the implementing client start IQs", function ()
 		local svc = implementing(server, "plain", { "a" });
@@ -460,7 +636,7 @@ describe("mod_client_proxy #integration", function ()
 		owner:close();
 
 		local again = assert(other:await(is_request));
-		assert.equal("g1", again.attr.id);
+		assert.equal(req.attr.id, again.attr.id);
 		assert.equal(tag_address, again.attr.from);
 		answer(other, again);
 		local reply = assert(alice:await_iq("result"));
@@ -566,11 +742,11 @@ describe("mod_client_proxy metrics #integration", function ()
 		return samples[("prosody_mod_client_proxy__%s_total{host=\"metrics.localhost\"}"):format(name)] or 0;
 	end
 
-	local function pending(samples, resource)
-		return samples[("prosody_mod_client_proxy__pending{host=\"metrics.localhost\",resource=%q}"):format(resource)];
+	local function pending(samples)
+		return samples["prosody_mod_client_proxy__pending{host=\"metrics.localhost\"}"];
 	end
 
-	it("count requests, replies, drops, timeouts and messages, and requests pending per resource", function ()
+	it("count requests, replies, drops, timeouts and messages, and requests in flight in one series", function ()
 		local port = prosody.free_port();
 		local server = prosody.start({
 			global = ("statistics = \"internal\"\nstatistics_interval = \"manual\"\nhttp_ports = { %d }\n"
@@ -594,7 +770,7 @@ describe("mod_client_proxy metrics #integration", function ()
 		local req = assert(svc[1]:await(is_request));
 		local during = metrics(port);
 		assert.equal(counter(before, "routed") + 1, counter(during, "routed"));
-		assert.equal(1, pending(during, "a"));
+		assert.equal(1, pending(during));
 
 		answer(svc[1], req);
 		assert(alice:await_iq("result"));
@@ -612,6 +788,113 @@ describe("mod_client_proxy metrics #integration", function ()
 		assert.equal(counter(before, "dropped") + 1, counter(after, "dropped"));
 		assert.equal(counter(before, "timeouts") + 1, counter(after, "timeouts"));
 		assert.equal(counter(before, "messages") + 1, counter(after, "messages"));
-		assert.equal(0, pending(after, "a"));
+		assert.equal(0, pending(after));
+		for name in pairs(after) do
+			assert.is_nil(name:find("resource=", 1, true), "no series per resource: " .. name);
+		end
+	end);
+end);
+
+describe("mod_client_proxy reload #integration", function ()
+	-- Runs one command in Prosody's admin console (mod_admin_telnet).
+	local function console(port, command)
+		local sock = assert(socket.connect("127.0.0.1", port));
+		sock:settimeout(2);
+		assert(sock:send(command .. "\n"));
+		local out = {};
+		repeat
+			local line = sock:receive("*l");
+			out[#out + 1] = line;
+		until not line or line:find("^| OK") or line:find("^! ")
+		sock:close();
+		return table.concat(out, "\n");
+	end
+
+	it("fails requests in flight on unload, and a late reply to them never matches a new request (#17)", function ()
+		local port = prosody.free_port();
+		local server = prosody.start({
+			global = ("console_ports = { %d }\nconsole_interfaces = { \"127.0.0.1\" }\n"
+				.. "modules_enabled = { \"roster\", \"saslauth\", \"disco\", \"ping\", \"admin_telnet\" }"):format(port);
+			hosts = 'VirtualHost "localhost"\n\nComponent "reload.localhost" "client_proxy"\n'
+				.. '\ttarget_address = "reload-svc@localhost"\n';
+			accounts = { { "alice", "localhost", "alice" }, { "bob", "localhost", "bob" },
+				{ "reload-svc", "localhost", "reload-svc" } };
+		});
+		local svc, alice;
+		finally(function ()
+			close_all({ svc and svc[1], alice });
+			server:stop();
+		end);
+		svc = implementing(server, "reload", { "a" });
+		alice = login(server, "alice", "r");
+		alice:send(request("reload.localhost", "get", "same"));
+		local old = assert(svc[1]:await(is_request));
+
+		local out = console(port, 'module:reload("client_proxy", "reload.localhost")');
+		assert.truthy(out:find("OK", 1, true), out);
+		local failed = assert(alice:await_iq("error"));
+		assert.equal("same", failed.attr.id);
+		assert.equal("cancel/service-unavailable", condition(failed));
+
+		-- the same sender sends the same id again, once the new load routes
+		local new;
+		for _ = 1, 50 do
+			alice:send(request("reload.localhost", "get", "same"));
+			new = svc[1]:await(is_request, 0.2);
+			if new then
+				break;
+			end
+			assert(alice:await_iq("error", 1));
+		end
+		assert.truthy(new, server:log_tail(30));
+		assert.equal(old.attr.from, new.attr.from);
+		assert.not_equal(old.attr.id, new.attr.id);
+		svc[1]:send(st.reply(old):tag("late", { xmlns = xmlns_test }));
+		assert.same({}, delivered(alice, 0.5), "the late reply matched nothing");
+		svc[1]:send(st.reply(new):tag("current", { xmlns = xmlns_test }));
+		local reply = assert(alice:await_iq("result"));
+		assert.equal("same", reply.attr.id);
+		assert.truthy(reply:get_child("current", xmlns_test));
+	end);
+end);
+
+describe("mod_client_proxy options #integration", function ()
+	it("logs a wrong-typed option and uses its default instead of failing to load (#22)", function ()
+		local server = prosody.start({
+			hosts = 'VirtualHost "localhost"\n\nComponent "opts.localhost" "client_proxy"\n'
+				.. '\ttarget_address = "opts-svc@localhost"\n'
+				.. '\tclient_proxy_timeout = "5m"\n'
+				.. '\tclient_proxy_max_pending = "many"\n'
+				.. '\tclient_proxy_max_pending_per_sender = { 5 }\n'
+				.. '\tclient_proxy_contact_window = "1h"\n'
+				.. '\tclient_proxy_policy = "fastest"\n'
+				.. '\tclient_proxy_addressing = "hidden"\n';
+			accounts = { { "alice", "localhost", "alice" }, { "bob", "localhost", "bob" },
+				{ "opts-svc", "localhost", "opts-svc" } };
+		});
+		local svc, alice;
+		finally(function ()
+			close_all({ svc and svc[1], alice });
+			server:stop();
+		end);
+		local log = server:log();
+		for _, line in ipairs({
+			"Config option 'client_proxy_timeout' = \"5m\" is not understood: expected a number from 1 to 86400; using the default, 30",
+			"Config option 'client_proxy_max_pending' = \"many\" is not understood: expected an integer from 1 to 1000000; using the default, 10000",
+			"Config option 'client_proxy_max_pending_per_sender' = table: ",
+			"Config option 'client_proxy_contact_window' = \"1h\" is not understood: expected a number from 60 to 604800; using the default, 3600",
+			"Config option 'client_proxy_policy' = \"fastest\" is not understood",
+			"Config option 'client_proxy_addressing' = \"hidden\" is not understood",
+		}) do
+			assert.truthy(log:find(line, 1, true), line .. "\n" .. server:log_tail(30));
+		end
+		assert.is_nil(log:find("Error initializing module", 1, true));
+		svc = implementing(server, "opts", { "a" });
+		alice = login(server, "alice", "o");
+		alice:send(request("opts.localhost", "get", "o1"));
+		local req = assert(svc[1]:await(is_request));
+		assert.equal("opts.localhost/alice@localhost/o", req.attr.from, "the default addressing");
+		answer(svc[1], req);
+		assert.equal("o1", assert(alice:await_iq("result")).attr.id);
 	end);
 end);

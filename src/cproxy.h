@@ -17,6 +17,9 @@
 
 /* Pushes nil, strerror(err), err and returns 3 (errors.c). */
 int errors_push(lua_State *L, int err);
+/* Pushes nil, message, err and returns 3: for failures that are not a
+ * system call's, such as libcrypto's, with the errno that fits best. */
+int errors_push_message(lua_State *L, const char *message, int err);
 
 /* Each adds its functions to the module table on the top of the stack. */
 void socks5_lua_open(lua_State *L);

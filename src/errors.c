@@ -15,3 +15,12 @@ errors_push(lua_State *L, int err)
 	lua_pushinteger(L, err);
 	return 3;
 }
+
+int
+errors_push_message(lua_State *L, const char *message, int err)
+{
+	lua_pushnil(L);
+	lua_pushstring(L, message);
+	lua_pushinteger(L, err);
+	return 3;
+}

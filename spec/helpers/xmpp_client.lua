@@ -1,6 +1,8 @@
 -- A small XMPP client on LuaSocket for specs and benchmarks, using
 -- Prosody's own XML stream parser and stanza library. Plain TCP, SASL
--- PLAIN, resource binding; every wait is bounded.
+-- PLAIN, resource binding; or an external component (XEP-0114), which
+-- may send from any JID of its domain, as a remote server can. Every wait
+-- is bounded.
 if not package.path:find("/usr/lib/prosody/", 1, true) then
 	package.path = "/usr/lib/prosody/?.lua;" .. package.path;
 	package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath;
@@ -9,6 +11,7 @@ local socket = require "socket";
 local st = require "util.stanza";
 local xmppstream = require "util.xmppstream";
 local base64 = require "util.encodings".base64;
+local sha1 = require "util.hashes".sha1;
 
 local M = {};
 
@@ -29,16 +32,17 @@ end
 
 function client_mt:reset_stream()
 	local client = self;
+	local ns = self.ns or "jabber:client";
 	self.stream = xmppstream.new({ notopen = true }, {
 		stream_ns = "http://etherx.jabber.org/streams";
-		default_ns = "jabber:client";
-		streamopened = function (session) session.notopen = nil; end;
+		default_ns = ns;
+		streamopened = function (session, attr) session.notopen = nil; client.stream_id = attr.id; end;
 		streamclosed = function () client.closed = true; end;
 		handlestanza = function (_, stanza) table.insert(client.queue, stanza); end;
 		error = function (_, err) client.closed = true; client.error = err; end;
 	});
-	self.sock:send(("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-		.. "xmlns:stream='http://etherx.jabber.org/streams' to='%s' version='1.0'>"):format(self.domain));
+	self.sock:send(("<?xml version='1.0'?><stream:stream xmlns='%s' "
+		.. "xmlns:stream='http://etherx.jabber.org/streams' to='%s' version='1.0'>"):format(ns, self.domain));
 end
 
 -- Reads from the socket for up to `timeout` seconds, or until data came.
@@ -190,6 +194,34 @@ function M.connect(opts)
 		end
 		client:send(presence);
 	end
+	return client;
+end
+
+-- An external component: opts.port (component_ports), opts.domain, opts.secret.
+function M.component(opts)
+	local timeout = opts.timeout or 5;
+	local sock = socket.tcp();
+	sock:settimeout(timeout);
+	local ok, err = sock:connect(opts.host or "127.0.0.1", opts.port);
+	if not ok then
+		return nil, err;
+	end
+	local client = setmetatable({ sock = sock, domain = opts.domain, queue = {}, ns = "jabber:component:accept" }, client_mt);
+	client:reset_stream();
+	local deadline = socket.gettime() + timeout;
+	while not client.stream_id and not client.closed and socket.gettime() < deadline do
+		client:pump(0.1);
+	end
+	if not client.stream_id then
+		client:close();
+		return nil, "no stream header";
+	end
+	client:send(st.stanza("handshake"):text(sha1(client.stream_id .. opts.secret, true)));
+	if not client:await(function (s) return s.name == "handshake"; end, timeout) then
+		client:close();
+		return nil, "handshake failed";
+	end
+	client.jid, client.bare = opts.domain, opts.domain;
 	return client;
 end
 
