@@ -881,7 +881,7 @@ describe("mod_client_proxy options #integration", function ()
 		for _, line in ipairs({
 			"Config option 'client_proxy_timeout' = \"5m\" is not understood: expected a number from 1 to 86400; using the default, 30",
 			"Config option 'client_proxy_max_pending' = \"many\" is not understood: expected an integer from 1 to 1000000; using the default, 10000",
-			"Config option 'client_proxy_max_pending_per_sender' = table: ",
+			"Config option 'client_proxy_max_pending_per_sender' = { ",
 			"Config option 'client_proxy_contact_window' = \"1h\" is not understood: expected a number from 60 to 604800; using the default, 3600",
 			"Config option 'client_proxy_policy' = \"fastest\" is not understood",
 			"Config option 'client_proxy_addressing' = \"hidden\" is not understood",

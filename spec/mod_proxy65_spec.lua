@@ -180,7 +180,8 @@ local function run_suite(backend)
 			while server:fd_count() > fds and socket.gettime() < deadline do
 				socket.sleep(0.05);
 			end
-			assert.equal(fds, server:fd_count());
+			-- No more than before (an earlier spec's socket may close meanwhile).
+			assert.truthy(server:fd_count() <= fds, ("%d fds, %d before"):format(server:fd_count(), fds));
 		end);
 
 		it("negotiates a handshake sent one byte at a time", function ()
