@@ -133,6 +133,7 @@ function service_mt:close_session(session)
 		session.parked:close();
 		self:drop(session);
 	else
+		session.closing = true;
 		session.conn:close(); -- net.server calls ondisconnect, which drops it
 	end
 end
@@ -243,8 +244,23 @@ function service_mt:make_listener()
 		end
 	end
 
-	function listener.ondisconnect(conn)
+	-- The epoll backend hears a FIN even on a paused connection (it always
+	-- watches for the peer's hang-up) and closes it, when the read that
+	-- found the FIN found no byte before it. A FIN behind stream bytes read
+	-- earlier is a half-close to pass on after activation, as in onincoming:
+	-- hold the socket, whose fd is still open here. One with nothing to
+	-- relay is a client giving up: drop it, and its partner, at once. The
+	-- end of input comes as err "closed" (13) or no err at all (0.12, as for
+	-- a close of ours, which close_session marks); a read error is no FIN.
+	function listener.ondisconnect(conn, err)
 		local session = self.sessions[conn];
+		local sock = conn:socket();
+		if (err == nil or err == "closed") and session and session.hash and not session.closing
+				and not session.handed_over and not session.parked
+				and sock and sock:getfd() >= 0 and (session.early ~= "" or sock:dirty()) then
+			self:park(session);
+			return;
+		end
 		if session and not session.handed_over and not session.parked then
 			self:drop(session);
 		end
@@ -321,6 +337,7 @@ function service_mt:close()
 		if session.parked then
 			session.parked:close();
 		else
+			session.closing = true;
 			session.conn:close();
 		end
 	end
