@@ -15,6 +15,7 @@ local proxy65 = cproxy.require("proxy65");
 local options = cproxy.require("options");
 local diagnose = cproxy.require("diagnose");
 local bytestreams = cproxy.require("bytestreams");
+local shell = cproxy.require("shell");
 module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";
@@ -125,7 +126,26 @@ module:hook_global("stats-update", function ()
 	end
 end);
 
+-- `prosodyctl shell "proxy65:status()"`, and on Prosody 13 also
+-- `prosodyctl shell proxy65 status`.
+local remove_shell_command = shell.add(module, {
+	section = "proxy65";
+	section_desc = "SOCKS5 bytestreams relayed by prosody-cproxy";
+	name = "status";
+	desc = "Show the active relays and the connections awaiting activation";
+	handler = function (self)
+		local stats = service:stats();
+		local print = self.session.print;
+		print(("Active relays: %d"):format(stats.active));
+		print(("Connections awaiting activation: %d"):format(stats.pending));
+		print(("Finished relays: %d (%d failed, %d timed out)"):format(stats.finished, stats.failed, stats.timed_out));
+		print(("Bytes relayed by finished relays: %d"):format(stats.bytes));
+		return true, ("%d active relays, %d pending connections"):format(stats.active, stats.pending);
+	end;
+});
+
 function module.unload()
+	remove_shell_command();
 	if not module.reloading then
 		service:close();
 		shared.service = nil;

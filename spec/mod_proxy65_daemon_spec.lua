@@ -71,7 +71,7 @@ describe("mod_proxy65 under prosodyctl start #integration", function ()
 		local t_sock, i_sock = bs.open_stream(server, alice, bob);
 		assert.equal("y", s5.run({ { from = i_sock, to = t_sock, data = "y", finish = "keep" } })[1]);
 		local pid = server.pid;
-		local ok = os.execute(("prosodyctl --config %q stop >/dev/null 2>&1"):format(server.config_path));
+		local ok = os.execute(("%s --config %q stop >/dev/null 2>&1"):format(prosody.command("prosodyctl"), server.config_path));
 		assert.truthy(ok);
 		local deadline = socket.gettime() + 10;
 		while os.execute("kill -0 " .. pid .. " 2>/dev/null") == true and socket.gettime() < deadline do

@@ -78,6 +78,50 @@ describe("mod_proxy65 with wrong-typed options #integration", function ()
 	end);
 end);
 
+-- 0.12's get_option_number ignores bounds and 13's enforces them with its
+-- own warning: options.lua checks them itself, so both log alike (#23).
+describe("mod_proxy65 with out-of-range options #integration", function ()
+	local server, alice, bob;
+
+	setup(function ()
+		server = prosody.start({
+			hosts = hosts;
+			accounts = bs.accounts();
+			global = table.concat({
+				"proxy65_activation_timeout = 0";
+				"proxy65_buffer_size = 1024.5";
+				"proxy65_idle_timeout = 9999999";
+			}, "\n");
+			wait_ports = { "c2s", "proxy65" };
+		});
+		alice = bs.login(server, "alice");
+		bob = bs.login(server, "bob");
+	end);
+
+	teardown(function ()
+		if alice then alice:close(); end
+		if bob then bob:close(); end
+		if server then server:stop(); end
+	end);
+
+	for option, clamped in pairs({
+		proxy65_activation_timeout = "0 is out of range: expected a number from 1 to 86400; using 1";
+		proxy65_buffer_size = "1024.5 is out of range: expected an integer from 4096 to 268435456; using 4096";
+		proxy65_idle_timeout = "9999999 is out of range: expected an integer from 0 to 604800; using 604800";
+	}) do
+		it("warns once that " .. option .. " is clamped, and how", function ()
+			local log = server:log();
+			local line = log:match("\twarn\tConfig option '" .. option .. "' = ([^\n]*)");
+			assert.equal(clamped, line);
+			assert.is_nil(log:match("'" .. option .. "' out of bounds"));
+		end);
+	end
+
+	it("still relays", function ()
+		assert.is_true(transfer_works(server, alice, bob));
+	end);
+end);
+
 describe("mod_proxy65 reloaded with new options #integration", function ()
 	local server, alice, bob;
 

@@ -2,7 +2,10 @@
 -- that a mistake costs one clear log line and the default, never the module.
 -- Prosody 0.12's get_option_number returns nil for "5m" (and ignores any
 -- bounds); a module doing arithmetic on that would fail to load, leaving the
--- server without the service. Not here: what the options mean.
+-- server without the service. 13's enforces bounds, with warnings of its
+-- own, and given bounds it raises on "5m" (it compares nil with the
+-- minimum). So the raw value is read and checked here, alike on both.
+-- Not here: what the options mean.
 -- SPDX-License-Identifier: MIT
 
 local type, tostring, tonumber, ipairs, require = type, tostring, tonumber, ipairs, require;

@@ -367,6 +367,8 @@ function service_mt:make_listener()
 		end
 	end
 
+	-- Connections leave net.server once their handshake is done (park), so
+	-- this only ever sees one that had not finished it, or one we close.
 	function listener.ondisconnect(conn)
 		local session = self.sessions[conn];
 		if session and not session.handed_over and not session.parked then

@@ -12,6 +12,26 @@ if M.root:sub(1, 1) ~= "/" then
 	M.root = M.root:gsub("/$", "");
 end
 
+-- The Prosody under test: Debian's package by default, or with
+-- PROSODY_SRC=dir a source tree built in place, whose `prosody` and
+-- `prosodyctl` run as `lua5.4 ./prosody` from that directory.
+M.src = os.getenv("PROSODY_SRC");
+if M.src == "" then
+	M.src = nil;
+elseif M.src and M.src:sub(1, 1) ~= "/" then
+	M.src = os.getenv("PWD") .. "/" .. M.src;
+end
+
+-- (tool[, prefix]) -> a shell command starting Prosody's `prosody` or
+-- `prosodyctl`, its arguments to follow; `prefix` goes before the program:
+-- variable assignments, or a wrapper such as "timeout 20".
+function M.command(tool, prefix)
+	if M.src then
+		return ("cd %q && %s lua5.4 ./%s"):format(M.src, prefix or "", tool);
+	end
+	return ("%s %s"):format(prefix or "", tool);
+end
+
 local function shell(cmd)
 	local h = io.popen(cmd .. " 2>&1");
 	local out = h:read("a");
@@ -94,7 +114,7 @@ end
 -- Runs `prosodyctl shell` commands (needs the admin_shell module and
 -- admin_socket, see start's opts.admin). Returns ok, output.
 function handle_mt:shell(command)
-	return shell(("timeout 20 prosodyctl --config %q shell %q"):format(self.config_path, command));
+	return shell(("%s --config %q shell %q"):format(M.command("prosodyctl", "timeout 20"), self.config_path, command));
 end
 
 local function write_config(self)
@@ -162,8 +182,8 @@ local function launch(self, opts, level)
 	if opts.daemonize then
 		-- As operators start it: `prosodyctl start` runs `prosody -D`, which
 		-- forks once its modules are loaded (so do init scripts).
-		local ok, out = shell(("cd %q && %s prosodyctl --config %q start >%q 2>&1"):format(
-			dir, table.concat(env, " "), self.config_path, dir .. "/console.log"));
+		local ok, out = shell(("cd %q && %s --config %q start >%q 2>&1"):format(
+			dir, M.command("prosodyctl", table.concat(env, " ")), self.config_path, dir .. "/console.log"));
 		self.pid = tonumber(read_file(dir .. "/prosody.pid"):match("%d+"));
 		if not ok or not self.pid then
 			local tail = self:log_tail(40);
@@ -171,8 +191,8 @@ local function launch(self, opts, level)
 			error("prosodyctl start failed: " .. tostring(out) .. "\n" .. tail, level + 1);
 		end
 	else
-		local _, pid = shell(("cd %q && %s prosody -F --config %q >%q 2>&1 & echo $!"):format(
-			dir, table.concat(env, " "), self.config_path, dir .. "/console.log"));
+		local _, pid = shell(("cd %q && %s -F --config %q >%q 2>&1 & echo $!"):format(
+			dir, M.command("prosody", table.concat(env, " ")), self.config_path, dir .. "/console.log"));
 		self.pid = tonumber(pid:match("%d+"));
 	end
 
@@ -262,8 +282,8 @@ function M.start(opts)
 	write_config(self);
 
 	for _, account in ipairs(opts.accounts or {}) do
-		local ok, out = shell(("prosodyctl --config %q register %q %q %q"):format(
-			self.config_path, account[1], account[2], account[3]));
+		local ok, out = shell(("%s --config %q register %q %q %q"):format(
+			M.command("prosodyctl"), self.config_path, account[1], account[2], account[3]));
 		if not ok then
 			self:stop();
 			error("prosodyctl register failed: " .. out);
