@@ -30,7 +30,6 @@ local pton = require "util.net".pton;
 
 local xmlns_bytestreams = bytestreams.xmlns;
 
-local MiB = 1024 * 1024;
 
 -- Read once for the whole server (this module is global).
 local global_options = {
@@ -39,7 +38,11 @@ local global_options = {
 	"proxy65_max_connections", "proxy65_max_connections_per_ip", "proxy65_max_transfers_per_user",
 	"proxy65_rate_limit", "proxy65_total_rate_limit", "proxy65_max_transfer_bytes",
 };
-local RATE_MAX = 2 ^ 34; -- the engine's bound (16 GiB/s)
+-- An engine option, within the bounds the C engine defines and exports.
+local function engine_option(name, field, default)
+	local limit = cproxy.core.engine_limits[field];
+	return options.number(module, name, default or limit.default, limit.min, limit.max, true);
+end
 local defaults = proxy65.defaults;
 local service_options = {
 	activation_timeout = options.number(module, "proxy65_activation_timeout", defaults.activation_timeout, 1, 86400);
@@ -49,12 +52,12 @@ local service_options = {
 	max_transfers_per_user = options.number(module, "proxy65_max_transfers_per_user", defaults.max_transfers_per_user, 0, math.huge, true);
 	engine = {
 		mode = options.choice(module, "proxy65_relay_mode", "splice", { "splice", "copy" });
-		buffer_size = options.number(module, "proxy65_buffer_size", 4 * MiB, 4096, 256 * MiB, true);
-		idle_timeout = options.number(module, "proxy65_idle_timeout", 300, 0, 86400 * 7, true);
-		sockbuf = options.number(module, "proxy65_socket_buffer", 0, 0, 64 * MiB, true);
-		rate_limit = options.number(module, "proxy65_rate_limit", 0, 0, RATE_MAX, true);
-		total_rate_limit = options.number(module, "proxy65_total_rate_limit", 0, 0, RATE_MAX, true);
-		max_bytes = options.number(module, "proxy65_max_transfer_bytes", 0, 0, 2 ^ 53, true);
+		buffer_size = engine_option("proxy65_buffer_size", "buffer_size");
+		idle_timeout = engine_option("proxy65_idle_timeout", "idle_timeout", 300);
+		sockbuf = engine_option("proxy65_socket_buffer", "sockbuf");
+		rate_limit = engine_option("proxy65_rate_limit", "rate_limit");
+		total_rate_limit = engine_option("proxy65_total_rate_limit", "total_rate_limit");
+		max_bytes = engine_option("proxy65_max_transfer_bytes", "max_bytes");
 	};
 };
 

@@ -106,8 +106,9 @@ describe("mod_proxy65 with out-of-range options #integration", function ()
 
 	for option, clamped in pairs({
 		proxy65_activation_timeout = "0 is out of range: expected a number from 1 to 86400; using 1";
-		proxy65_buffer_size = "1024.5 is out of range: expected an integer from 4096 to 268435456; using 4096";
-		proxy65_idle_timeout = "9999999 is out of range: expected an integer from 0 to 604800; using 604800";
+		-- The engine's bounds, defined in C (cproxy.core.engine_limits).
+		proxy65_buffer_size = "1024.5 is out of range: expected an integer from 4096 to 1073741824; using 4096";
+		proxy65_idle_timeout = "9999999 is out of range: expected an integer from 0 to 2073600; using 2073600";
 	}) do
 		it("warns once that " .. option .. " is clamped, and how", function ()
 			local log = server:log();

@@ -46,7 +46,8 @@
 
 struct entry;
 
-struct tag {
+/* What an epoll event names: one side of one relay. */
+struct side_ref {
 	struct entry *entry;
 	int side;
 };
@@ -54,7 +55,7 @@ struct tag {
 struct entry {
 	struct relay relay;
 	uint64_t id;
-	struct tag tag[2];
+	struct side_ref refs[2];
 	int64_t last_active_ms;
 	uint64_t last_bytes;
 	uint64_t counted;	/* bytes already added to engine.relayed */
@@ -216,7 +217,7 @@ watch(struct engine *e, struct entry *en, int side)
 
 	memset(&ev, 0, sizeof(ev));
 	ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-	ev.data.ptr = &en->tag[side];
+	ev.data.ptr = &en->refs[side];
 	return epoll_ctl(e->epfd, EPOLL_CTL_ADD, en->relay.fd[side], &ev) < 0 ? errno : 0;
 }
 
@@ -416,16 +417,16 @@ engine_main(void *arg)
 			break;	/* only EBADF/EINVAL: a broken engine, stop */
 		}
 		for (int i = 0; i < n; i++) {
-			struct tag *tag = events[i].data.ptr;
-			if (tag == NULL) {
+			struct side_ref *ref = events[i].data.ptr;
+			if (ref == NULL) {
 				clear_fd(e->wakefd);
 				if (take_incoming(e)) {
 					goto stop;
 				}
 				continue;
 			}
-			relay_event(&tag->entry->relay, tag->side, events[i].events);
-			run_push(e, tag->entry);
+			relay_event(&ref->entry->relay, ref->side, events[i].events);
+			run_push(e, ref->entry);
 		}
 		if (e->limited) {
 			unlimit_due(e, now_us());
@@ -716,9 +717,9 @@ engine_add(struct engine *e, uint64_t id, int fd0, int fd1,
 	en->id = id;
 	bucket_init(&en->bucket, e->cfg.rate_limit, now_us());
 	en->max_bytes = e->cfg.max_bytes;
-	en->tag[0].entry = en->tag[1].entry = en;
-	en->tag[0].side = 0;
-	en->tag[1].side = 1;
+	en->refs[0].entry = en->refs[1].entry = en;
+	en->refs[0].side = 0;
+	en->refs[1].side = 1;
 	pthread_mutex_lock(&e->lock);
 	en->next = e->incoming;
 	e->incoming = en;

@@ -10,6 +10,28 @@
 
 #define REAP_BATCH 64
 
+/*
+ * The bounds of each engine option, defined here once and exported as
+ * cproxy.core.engine_limits, which the modules read their options against.
+ */
+struct limit {
+	const char *name;
+	lua_Integer def, min, max;
+};
+
+static const struct limit limits[] = {
+	{ "buffer_size", 4 << 20, 4096, 1 << 30 },
+	/* Held in int milliseconds: 24 days is the most that fits. */
+	{ "idle_timeout", 0, 0, 86400 * 24 },
+	{ "sockbuf", 0, 0, 1 << 30 },
+	/* Rates up to 16 GiB/s keep the bucket's arithmetic in 64 bits. */
+	{ "rate_limit", 0, 0, (lua_Integer)1 << 34 },
+	{ "total_rate_limit", 0, 0, (lua_Integer)1 << 34 },
+	{ "max_bytes", 0, 0, (lua_Integer)1 << 53 },
+};
+
+enum { LIMIT_BUFFER_SIZE, LIMIT_IDLE_TIMEOUT, LIMIT_SOCKBUF, LIMIT_RATE, LIMIT_TOTAL_RATE, LIMIT_MAX_BYTES };
+
 struct engine_ud {
 	struct engine *engine;	/* NULL once closed */
 	uint64_t next_id;
@@ -50,6 +72,12 @@ opt_field(lua_State *L, int t, const char *name, lua_Integer def, lua_Integer mi
 	return v;
 }
 
+static lua_Integer
+opt_limit(lua_State *L, int t, const struct limit *limit)
+{
+	return opt_field(L, t, limit->name, limit->def, limit->min, limit->max);
+}
+
 /* Reads the options table at index t (or defaults, when it is absent). */
 static void
 check_config(lua_State *L, int t, struct engine_config *cfg)
@@ -63,14 +91,12 @@ check_config(lua_State *L, int t, struct engine_config *cfg)
 		return;
 	}
 	luaL_checktype(L, t, LUA_TTABLE);
-	cfg->buffer_size = (size_t)opt_field(L, t, "buffer_size", 4 << 20, 4096, 1 << 30);
-	/* In ms the bound must fit an int: 24 days is the most an int holds. */
-	cfg->idle_timeout_ms = (int)opt_field(L, t, "idle_timeout", 0, 0, 86400 * 24) * 1000;
-	cfg->sockbuf = (int)opt_field(L, t, "sockbuf", 0, 0, 1 << 30);
-	/* Rates up to 16 GiB/s keep the bucket's arithmetic in 64 bits. */
-	cfg->rate_limit = (uint64_t)opt_field(L, t, "rate_limit", 0, 0, (lua_Integer)1 << 34);
-	cfg->total_rate_limit = (uint64_t)opt_field(L, t, "total_rate_limit", 0, 0, (lua_Integer)1 << 34);
-	cfg->max_bytes = (uint64_t)opt_field(L, t, "max_bytes", 0, 0, LUA_MAXINTEGER);
+	cfg->buffer_size = (size_t)opt_limit(L, t, &limits[LIMIT_BUFFER_SIZE]);
+	cfg->idle_timeout_ms = (int)opt_limit(L, t, &limits[LIMIT_IDLE_TIMEOUT]) * 1000;
+	cfg->sockbuf = (int)opt_limit(L, t, &limits[LIMIT_SOCKBUF]);
+	cfg->rate_limit = (uint64_t)opt_limit(L, t, &limits[LIMIT_RATE]);
+	cfg->total_rate_limit = (uint64_t)opt_limit(L, t, &limits[LIMIT_TOTAL_RATE]);
+	cfg->max_bytes = (uint64_t)opt_limit(L, t, &limits[LIMIT_MAX_BYTES]);
 	lua_getfield(L, t, "mode");
 	cfg->mode = (enum relay_mode)luaL_checkoption(L, -1, "splice", modes);
 	lua_pop(L, 1);
@@ -271,4 +297,17 @@ engine_lua_open(lua_State *L)
 	lua_pop(L, 1);
 	lua_pushcfunction(L, l_new);
 	lua_setfield(L, -2, "engine");
+	/* engine_limits = { name = { default=, min=, max= }, ... } */
+	lua_createtable(L, 0, (int)(sizeof(limits) / sizeof(limits[0])));
+	for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++) {
+		lua_createtable(L, 0, 3);
+		lua_pushinteger(L, limits[i].def);
+		lua_setfield(L, -2, "default");
+		lua_pushinteger(L, limits[i].min);
+		lua_setfield(L, -2, "min");
+		lua_pushinteger(L, limits[i].max);
+		lua_setfield(L, -2, "max");
+		lua_setfield(L, -2, limits[i].name);
+	}
+	lua_setfield(L, -2, "engine_limits");
 }

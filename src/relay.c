@@ -97,7 +97,7 @@ relay_init(struct relay *r, int fd0, int fd1, const uint8_t *early0,
 	if ((err = fd_set_nonblocking(fd0)) || (err = fd_set_nonblocking(fd1))
 	    || (err = copy_early(&r->dir[0], early0, len0))
 	    || (err = copy_early(&r->dir[1], early1, len1))) {
-		goto fail;
+		goto undo;
 	}
 	if (mode == RELAY_SPLICE && !make_pipes(r)) {
 		/*
@@ -108,7 +108,7 @@ relay_init(struct relay *r, int fd0, int fd1, const uint8_t *early0,
 		r->mode = RELAY_COPY;
 	}
 	return 0;
-fail:
+undo:
 	pump_free(&r->dir[0]);
 	pump_free(&r->dir[1]);
 	return err;
