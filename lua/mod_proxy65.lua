@@ -147,8 +147,44 @@ local remove_shell_command = shell.add(module, {
 	end;
 });
 
+local remove_list_command = shell.add(module, {
+	section = "proxy65";
+	name = "list";
+	desc = "List the active bytestreams: sid, initiator, target, bytes each way, age and rate";
+	handler = function (self)
+		local transfers, err = service:transfers();
+		if not transfers then
+			return false, "Cannot list the bytestreams: " .. tostring(err);
+		end
+		local print = self.session.print;
+		for _, t in ipairs(transfers) do
+			local bytes = t.to_target + t.to_initiator;
+			print(("%s  %s -> %s  %d bytes to the target, %d back  %.0f s  %.1f MiB/s"):format(t.sid,
+				t.initiator or "?", t.target or "?", t.to_target, t.to_initiator, t.seconds,
+				bytes / math.max(t.seconds, 0.001) / 1048576));
+		end
+		return true, ("%d active bytestreams"):format(#transfers);
+	end;
+});
+
+local remove_close_command = shell.add(module, {
+	section = "proxy65";
+	name = "close";
+	desc = "End an active bytestream, named by its sid (see proxy65:list()); both peers are reset";
+	args = { { name = "sid", type = "string" } };
+	handler = function (_, sid)
+		local ok, err = service:cancel(tostring(sid));
+		if not ok then
+			return false, ("No active bytestream %q (%s)"):format(tostring(sid), tostring(err));
+		end
+		return true, ("Closing bytestream %q"):format(tostring(sid));
+	end;
+});
+
 function module.unload()
 	remove_shell_command();
+	remove_list_command();
+	remove_close_command();
 	if not module.reloading then
 		service:close();
 		shared.service = nil;

@@ -43,6 +43,7 @@
 /* Bytes one direction may move before other relays get their turn. */
 #define PUMP_BUDGET (8u << 20)
 #define SWEEP_INTERVAL_MS 1000
+#define CANCEL_MAX 64	/* cancellations waiting at once */
 
 struct entry;
 
@@ -62,6 +63,7 @@ struct entry {
 	struct bucket bucket;	/* its own bandwidth limit */
 	uint64_t max_bytes;	/* its size cap, 0: none */
 	int64_t limited_since_us;	/* waiting for bandwidth since, or 0 */
+	int cancelled;	/* engine_cancel() asked for its end */
 	int queued;	/* on the run list */
 	struct entry *run_next;
 	struct entry *prev, *next;	/* active list (thread) or incoming list */
@@ -80,6 +82,13 @@ struct engine {
 	int next_idle_timeout_ms;
 	uint64_t next_total_rate;
 	int reconfigure;	/* the three above are waiting to be taken */
+	uint64_t cancel[CANCEL_MAX];	/* relays engine_cancel() asked to end */
+	size_t n_cancel;
+	/* engine_list(): the owner asks, the thread fills and signals. */
+	struct engine_relay_info *list_out;
+	size_t list_max, list_n;
+	int list_wanted, list_done;
+	pthread_cond_t list_cond;
 	/*
 	 * Results not yet reaped. done_cap >= done_len + stats.active +
 	 * reserved at all times: each relay has room for its result from
@@ -244,6 +253,28 @@ take_incoming(struct engine *e)
 		}
 		e->reconfigure = 0;
 	}
+	for (size_t i = 0; i < e->n_cancel; i++) {
+		for (struct entry *en = e->active; en; en = en->next) {
+			if (en->id == e->cancel[i]) {
+				en->cancelled = 1;
+				run_push(e, en);	/* run_all() ends it */
+			}
+		}
+	}
+	e->n_cancel = 0;
+	if (e->list_wanted) {
+		size_t n = 0;
+		for (struct entry *en = e->active; en && n < e->list_max; en = en->next) {
+			e->list_out[n].id = en->id;
+			e->list_out[n].bytes[0] = en->relay.dir[0].bytes;
+			e->list_out[n].bytes[1] = en->relay.dir[1].bytes;
+			n++;
+		}
+		e->list_n = n;
+		e->list_wanted = 0;
+		e->list_done = 1;
+		pthread_cond_broadcast(&e->list_cond);
+	}
 	pthread_mutex_unlock(&e->lock);
 	free(old.data);
 	while (list) {
@@ -339,6 +370,13 @@ run_all(struct engine *e)
 		struct entry *en = list;
 		list = list->run_next;
 		en->queued = 0;
+		if (en->cancelled) {
+			if (en->relay.error == 0) {
+				en->relay.error = ECANCELED;
+			}
+			finish(e, en, 0);
+			continue;
+		}
 		if (en->limited_since_us) {
 			continue;	/* its turn comes with unlimit_due() */
 		}
@@ -527,6 +565,9 @@ forget_lost_thread(struct engine *e)
 	struct entry *lists[2] = { e->active, e->incoming };
 
 	pthread_mutex_init(&e->lock, NULL);
+	pthread_cond_init(&e->list_cond, NULL);
+	e->n_cancel = 0;
+	e->list_wanted = 0;
 	e->active = e->incoming = NULL;
 	e->run_head = e->run_tail = NULL;
 	for (int i = 0; i < 2; i++) {
@@ -575,6 +616,7 @@ engine_new(const struct engine_config *cfg, int *err)
 	e->epfd = e->wakefd = e->notifyfd = -1;
 	bucket_init(&e->total, cfg->total_rate_limit, now_us());
 	pthread_mutex_init(&e->lock, NULL);
+	pthread_cond_init(&e->list_cond, NULL);
 	e->buf.size = cfg->buffer_size ? cfg->buffer_size : (4u << 20);
 	e->buf.data = malloc(e->buf.size);
 	if (e->buf.data == NULL) {
@@ -736,6 +778,61 @@ fail:
 	return err;
 }
 
+int
+engine_list(struct engine *e, struct engine_relay_info *out, size_t max, size_t *n)
+{
+	struct timespec deadline;
+	int err;
+
+	*n = 0;
+	if ((err = check_process(e))) {
+		return err;
+	}
+	if (!e->thread_started) {
+		return 0;	/* no relay ever ran */
+	}
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += 1;
+	pthread_mutex_lock(&e->lock);
+	e->list_out = out;
+	e->list_max = max;
+	e->list_done = 0;
+	e->list_wanted = 1;
+	signal_fd(e->wakefd);
+	while (!e->list_done && err == 0) {
+		err = pthread_cond_timedwait(&e->list_cond, &e->lock, &deadline);
+	}
+	if (e->list_done) {
+		*n = e->list_n;
+		err = 0;
+	}
+	e->list_wanted = 0;	/* the thread must not write to out any more */
+	e->list_out = NULL;
+	pthread_mutex_unlock(&e->lock);
+	return err;
+}
+
+int
+engine_cancel(struct engine *e, uint64_t id)
+{
+	int err;
+
+	if ((err = check_process(e))) {
+		return err;
+	}
+	pthread_mutex_lock(&e->lock);
+	if (e->n_cancel == CANCEL_MAX) {
+		err = EAGAIN;
+	} else {
+		e->cancel[e->n_cancel++] = id;
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (err == 0) {
+		signal_fd(e->wakefd);
+	}
+	return err;
+}
+
 size_t
 engine_reap(struct engine *e, struct engine_result *out, size_t max)
 {
@@ -798,6 +895,7 @@ engine_free(struct engine *e)
 	free(e->done);
 	free(e->buf.data);
 	free(e->next_buf.data);
+	pthread_cond_destroy(&e->list_cond);
 	pthread_mutex_destroy(&e->lock);
 	free(e);
 }

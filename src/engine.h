@@ -63,6 +63,26 @@ int engine_notify_fd(const struct engine *e);
 int engine_add(struct engine *e, uint64_t id, int fd0, int fd1,
     const uint8_t *early0, size_t len0, const uint8_t *early1, size_t len1);
 
+/* A running relay, as engine_list() sees it. */
+struct engine_relay_info {
+	uint64_t id;
+	uint64_t bytes[2];	/* delivered from fd[0] and from fd[1] so far */
+};
+
+/*
+ * Copies up to max running relays to out, as the thread sees them, and
+ * sets *n. Waits for the thread (it answers between two turns, within
+ * milliseconds), at most a second. Returns 0 or an errno value (ETIMEDOUT).
+ */
+int engine_list(struct engine *e, struct engine_relay_info *out, size_t max, size_t *n);
+
+/*
+ * Asks the thread to end relay `id` as cancelled (both peers are reset);
+ * an id that no relay has any more is ignored. Returns 0, or EAGAIN when
+ * too many cancellations are waiting.
+ */
+int engine_cancel(struct engine *e, uint64_t id);
+
 /* Copies up to max finished results to out; returns how many. */
 size_t engine_reap(struct engine *e, struct engine_result *out, size_t max);
 

@@ -37,6 +37,8 @@ struct engine_ud {
 	uint64_t next_id;
 };
 
+static void set_integer(lua_State *L, const char *name, uint64_t v);
+
 static struct engine_ud *
 check_engine_ud(lua_State *L)
 {
@@ -139,6 +141,49 @@ l_configure(lua_State *L)
 	luaL_checktype(L, 2, LUA_TTABLE);
 	check_config(L, 2, &cfg);
 	if ((err = engine_configure(e, &cfg))) {
+		return errors_push(L, err);
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/*
+ * (engine) -> { { id=, target_bytes=, initiator_bytes= }, ... } | nil, err, errno
+ * The running relays, from the relay thread (a wait of milliseconds).
+ */
+static int
+l_list(lua_State *L)
+{
+	struct engine *e = check_engine(L);
+	struct engine_relay_info *info;
+	size_t n = 0, max = 4096;
+	int err;
+
+	info = lua_newuserdatauv(L, max * sizeof(*info), 0);	/* freed by the GC */
+	if ((err = engine_list(e, info, max, &n))) {
+		return errors_push(L, err);
+	}
+	lua_createtable(L, (int)n, 0);
+	for (size_t i = 0; i < n; i++) {
+		lua_createtable(L, 0, 3);
+		set_integer(L, "id", info[i].id);
+		set_integer(L, "target_bytes", info[i].bytes[0]);
+		set_integer(L, "initiator_bytes", info[i].bytes[1]);
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+	return 1;
+}
+
+/* (engine, id) -> true | nil, err, errno   ends the relay, resetting both peers */
+static int
+l_cancel(lua_State *L)
+{
+	struct engine *e = check_engine(L);
+	lua_Integer id = luaL_checkinteger(L, 2);
+	int err;
+
+	luaL_argcheck(L, id > 0, 2, "invalid relay id");
+	if ((err = engine_cancel(e, (uint64_t)id))) {
 		return errors_push(L, err);
 	}
 	lua_pushboolean(L, 1);
@@ -279,6 +324,8 @@ engine_lua_open(lua_State *L)
 		{ "getfd", l_getfd },
 		{ "add", l_add },
 		{ "configure", l_configure },
+		{ "list", l_list },
+		{ "cancel", l_cancel },
 		{ "reap", l_reap },
 		{ "stats", l_stats },
 		{ "close", l_close },

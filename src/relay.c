@@ -18,6 +18,7 @@
  * SPDX-License-Identifier: MIT
  */
 #define _GNU_SOURCE
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -220,8 +221,10 @@ copy_step(struct pump *p, int src, int dst, struct relay_buffer *buf, size_t wan
 	} while (dropped < 0 && errno == EINTR);
 	p->bytes += (uint64_t)m;
 	*moved += (size_t)m;
-	if (dropped != m) {	/* cannot happen: the bytes were just peeked */
-		*err = EIO;
+	if (dropped != m) {
+		/* The peeked bytes are queued: only a reset in between fails this. */
+		assert(dropped < 0);
+		*err = dropped < 0 ? errno : EIO;
 		return STEP_SRC_FAILED;
 	}
 	return m < n ? STEP_DST_FULL : STEP_MORE;

@@ -143,8 +143,9 @@ request_byte(struct socks5 *s, uint8_t c)
 {
 	size_t at = s->have;
 
-	if (at >= REQ_LEN) {	/* unreachable: DONE stops the feed */
-		return;
+	assert(at < REQ_LEN);	/* DONE stops the feed before the buffer is full */
+	if (at >= REQ_LEN) {
+		return;	/* NDEBUG builds: ignore rather than overflow */
 	}
 	s->msg[s->have++] = c;
 	switch (at) {

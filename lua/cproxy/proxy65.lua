@@ -450,6 +450,45 @@ function service_mt:stats()
 	return stats;
 end
 
+-- The active bytestreams, oldest first: { id=, sid=, initiator=, target=,
+-- to_target=, to_initiator= (bytes so far), seconds= } | nil, err.
+function service_mt:transfers()
+	local running, err = self.engine:list();
+	if not running then
+		return nil, err;
+	end
+	local now, list = self.now(), {};
+	for _, relay in ipairs(running) do
+		local pair = self.relays[relay.id];
+		if pair then
+			list[#list + 1] = {
+				id = relay.id, sid = pair.sid or pair.hash, initiator = pair.initiator_jid, target = pair.target_jid,
+				to_target = relay.initiator_bytes, to_initiator = relay.target_bytes,
+				seconds = max(now - pair.started, 0),
+			};
+		end
+	end
+	table.sort(list, function (a, b) return a.id < b.id; end);
+	return list;
+end
+
+-- Ends an active bytestream, named by its sid (or hash), resetting both
+-- peers. Returns true, or nil and "item-not-found".
+function service_mt:cancel(sid)
+	for id, pair in pairs(self.relays) do
+		if pair.sid == sid or pair.hash == sid then
+			local ok, err = self.engine:cancel(id);
+			if not ok then
+				return nil, err;
+			end
+			self.log("info", "Cancelling transfer %s from %s to %s, as asked", sid,
+				pair.initiator_jid or "?", pair.target_jid or "?");
+			return true;
+		end
+	end
+	return nil, "item-not-found";
+end
+
 -- Closes every connection and relay; idempotent.
 function service_mt:close()
 	if self.watcher then
