@@ -377,6 +377,20 @@ local function run_suite(backend)
 				t_sock:close();
 			end);
 
+			it("item-not-found when the target has already left (#21)", function ()
+				local sid = "target-left";
+				local hash = s5.hash(sid, alice.jid, bob.jid);
+				local t_sock = assert(s5.connect(server.ports.proxy65, hash));
+				local i_sock = assert(s5.connect(server.ports.proxy65, hash));
+				t_sock:close();
+				i_sock:settimeout(5);
+				local _, err = i_sock:receive(1); -- the partner goes too
+				assert.equal("closed", err);
+				i_sock:close();
+				local reply = assert(alice:request(activation(sid, bob.jid)));
+				assert.same({ "modify", "item-not-found" }, { error_of(reply) });
+			end);
+
 			it("not-allowed when the stream is already active", function ()
 				local t_sock, i_sock, sid = open_stream(server, alice, bob);
 				local reply = assert(alice:request(activation(sid, bob.jid)));

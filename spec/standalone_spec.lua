@@ -161,6 +161,32 @@ describe("standalone proxy65 #integration", function ()
 	end);
 end);
 
+describe("standalone proxy65 when its server is killed #integration", function ()
+	it("keeps the transfer, and reconnects once the server is back (#21)", function ()
+		local server = prosody.start({ hosts = hosts(), accounts = bs.accounts(), wait_ports = { "c2s", "component" } });
+		local component = start_component({ rport = server.ports.component });
+		finally(function ()
+			component.stop();
+			server:stop();
+		end);
+		assert(component.wait_log("Connected to"), component.log());
+		local alice, bob = bs.login(server, "alice"), bs.login(server, "bob");
+		local t_sock, i_sock = bs.open_stream(server, alice, bob, { port = component.port });
+		local data = s5.random_bytes(4 * MiB + 1, 5);
+		assert(i_sock:send(data:sub(1, MiB)));
+		os.execute("kill -KILL " .. server.pid);
+		alice:close(); bob:close();
+		local got = s5.run({ { from = i_sock, to = t_sock, data = data:sub(MiB + 1) } }, 60);
+		-- The target read nothing before: it gets the whole stream.
+		assert.equal(#data, #got[1]);
+		assert.equal(s5.sha256(data), s5.sha256(got[1]));
+		t_sock:close(); i_sock:close();
+		assert(component.wait_log("reconnecting in", 10), component.log());
+		server:restart();
+		assert(component.wait_log("Connected to [^\n]*\n.*Connected to", 20), component.log());
+	end);
+end);
+
 describe("standalone proxy65 failures #integration", function ()
 	it("exits non-zero with a clear error on a wrong secret", function ()
 		local server = prosody.start({ hosts = hosts(), wait_ports = { "component" } });

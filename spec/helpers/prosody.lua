@@ -130,6 +130,11 @@ function handle_mt:add_global(text)
 	write_config(self);
 end
 
+-- The Prosody process's resident memory, in KiB.
+function handle_mt:rss_kib()
+	return tonumber(read_file("/proc/" .. self.pid .. "/status"):match("VmRSS:%s*(%d+)")) or 0;
+end
+
 -- Open fds of the Prosody process.
 function handle_mt:fd_count()
 	local h = io.popen("ls /proc/" .. self.pid .. "/fd 2>/dev/null");
@@ -191,8 +196,10 @@ local function launch(self, opts, level)
 			error("prosodyctl start failed: " .. tostring(out) .. "\n" .. tail, level + 1);
 		end
 	else
-		local _, pid = shell(("cd %q && %s -F --config %q >%q 2>&1 & echo $!"):format(
-			dir, M.command("prosody", table.concat(env, " ")), self.config_path, dir .. "/console.log"));
+		-- opts.max_fds raises the fd limit (as far as the hard limit allows).
+		local limit = opts.max_fds and ("ulimit -n %d 2>/dev/null || ulimit -n hard; "):format(opts.max_fds) or "";
+		local _, pid = shell(("cd %q && %s%s -F --config %q >%q 2>&1 & echo $!"):format(
+			dir, limit, M.command("prosody", table.concat(env, " ")), self.config_path, dir .. "/console.log"));
 		self.pid = tonumber(pid:match("%d+"));
 	end
 
@@ -232,7 +239,7 @@ end
 
 -- opts: plugin_paths, global, hosts, accounts, backend, log_level,
 -- wait_ports, expect_failure, env, daemonize (start with `prosodyctl start`
--- instead of `prosody -F`), admin (enable `prosodyctl shell`).
+-- instead of `prosody -F`), admin (enable `prosodyctl shell`), max_fds.
 function M.start(opts)
 	opts = opts or {};
 	local _, dir = shell("mktemp -d \"${TMPDIR:-/tmp}/cproxy-spec.XXXXXX\"");
