@@ -129,6 +129,11 @@ module:hook_global("stats-update", function ()
 	end
 end);
 
+-- The last check of each component's streamhosts (see cproxy/diagnose.lua),
+-- and each component's way to check again.
+local reports = module:shared("streamhost-reports");
+local checkers = {};
+
 -- `prosodyctl shell "proxy65:status()"`, and on Prosody 13 also
 -- `prosodyctl shell proxy65 status`.
 local remove_shell_command = shell.add(module, {
@@ -181,7 +186,38 @@ local remove_close_command = shell.add(module, {
 	end;
 });
 
+local remove_check_command = shell.add(module, {
+	section = "proxy65";
+	name = "check";
+	desc = "Show whether clients can reach each advertised streamhost, and start a new check";
+	handler = function (self)
+		local print = self.session.print;
+		local problems = 0;
+		for host, report in pairs(reports) do
+			for _, entry in ipairs(report) do
+				if #entry.problems == 0 then
+					print(("%s: streamhost %s: reachable"):format(host, entry.streamhost));
+				end
+				for _, problem in ipairs(entry.problems) do
+					problems = problems + 1;
+					print(("%s: streamhost %s: %s"):format(host, entry.streamhost, problem));
+				end
+			end
+		end
+		-- Pairs whose initiator never came: the mark of an address it
+		-- cannot reach.
+		for port, count in pairs(service.half_pairs) do
+			print(("Port %s: %d pairs whose initiator never connected"):format(port, count));
+		end
+		for _, check in pairs(checkers) do
+			check();
+		end
+		return true, ("%d problems found; checking again (run this again in a few seconds for the result)"):format(problems);
+	end;
+});
+
 function module.unload()
+	remove_check_command();
 	remove_shell_command();
 	remove_list_command();
 	remove_close_command();
@@ -231,8 +267,6 @@ end
 
 local diagnose_deps = { resolve = resolve, connect = server.addclient, timer = timer, pton = pton };
 
--- The last check of each component's streamhosts (see cproxy/diagnose.lua).
-local reports = module:shared("streamhost-reports");
 
 -- "host", "host:port", "[IPv6]" or "[IPv6]:port" -> host, port (or nil);
 -- a bare IPv6 address (several colons) is a host. nil if malformed.
@@ -298,7 +332,12 @@ function module.add_host(module)
 			end
 		end);
 	end
-	module.check_streamhosts = check_streamhosts;
+	checkers[host] = check_streamhosts;
+	module:hook("module-unloaded", function (event)
+		if event.module == "proxy65" and event.host == host then
+			checkers[host] = nil;
+		end
+	end);
 	module:add_timer(0, function ()
 		check_streamhosts();
 	end);

@@ -94,6 +94,23 @@ describe("mod_proxy65's shell command proxy65:status() #integration", function (
 		assert.truthy(server:wait_log("Transfer " .. sid:gsub("%p", "%%%0") .. " [^\n]*ended %(Operation canceled%)"));
 	end);
 
+	it("reports the streamhost check and pairs whose initiator never came (#19)", function ()
+		local lone = assert(s5.connect(server.ports.proxy65, s5.hash("alone", alice.jid, bob.jid)));
+		lone:close();
+		socket.sleep(0.2);
+		-- The check runs in the background (name lookups take time).
+		local ok, out;
+		local deadline = socket.gettime() + 20;
+		repeat
+			ok, out = server:shell("proxy65:check()");
+			assert.truthy(ok, out);
+			socket.sleep(0.2);
+		until out:match("does not resolve") or socket.gettime() > deadline;
+		assert.truthy(out:match("proxy%.localhost: streamhost proxy%.localhost:%d+: proxy%.localhost does not resolve"), out);
+		assert.truthy(out:match("Port %d+: [1-9]%d* pairs whose initiator never connected"), out);
+		assert.truthy(out:match("OK: [1-9]%d* problems found; checking again"), out);
+	end);
+
 	it("is there once after a module reload", function ()
 		local ok, out = server:shell("module:reload(\"proxy65\")");
 		assert.truthy(ok and out:match("OK"), out);

@@ -25,7 +25,7 @@ local function start_component(opts)
 	f:write((opts.secret or SECRET), "\n");
 	f:close();
 	local args = {
-		"--jid", "proxy.localhost", "--secret-file", secret_file, "--rhost", "127.0.0.1",
+		"--jid", opts.jid or "proxy.localhost", "--secret-file", secret_file, "--rhost", "127.0.0.1",
 		"--rport", tostring(opts.rport), "--proxyips", "127.0.0.1:" .. port, "--log-level", "debug",
 	};
 	for _, extra in ipairs(opts.args or {}) do
@@ -158,6 +158,41 @@ describe("standalone proxy65 #integration", function ()
 		local t2, i2 = bs.open_stream(server, alice, bob, { port = component.port });
 		assert.equal("again", s5.run({ { from = i2, to = t2, data = "again" } })[1]);
 		t2:close(); i2:close();
+	end);
+end);
+
+describe("standalone proxy65 on several nodes #integration", function ()
+	-- One JID per node: each advertises its own address, and a transfer's
+	-- two connections meet on the node its initiator picked.
+	it("relays through each of two nodes with their own JIDs", function ()
+		local server = prosody.start({
+			hosts = ("VirtualHost \"localhost\"\n\nComponent \"proxy-a.localhost\"\n\tcomponent_secret = %q\n"
+				.. "\nComponent \"proxy-b.localhost\"\n\tcomponent_secret = %q\n"):format(SECRET, SECRET);
+			accounts = bs.accounts(); wait_ports = { "c2s", "component" };
+		});
+		local a = start_component({ rport = server.ports.component, jid = "proxy-a.localhost" });
+		local b = start_component({ rport = server.ports.component, jid = "proxy-b.localhost" });
+		finally(function ()
+			a.stop(); b.stop();
+			server:stop();
+		end);
+		assert(a.wait_log("Connected to"), a.log());
+		assert(b.wait_log("Connected to"), b.log());
+		local alice, bob = bs.login(server, "alice"), bs.login(server, "bob");
+		for _, node in ipairs({ { a, "proxy-a.localhost" }, { b, "proxy-b.localhost" } }) do
+			local reply = assert(alice:request(xmpp.iq({ type = "get", to = node[2] }):tag("query", { xmlns = bs.xmlns })));
+			local streamhost = reply:get_child("query", bs.xmlns):get_child("streamhost");
+			assert.same({ node[2], tostring(node[1].port) }, { streamhost.attr.jid, streamhost.attr.port });
+			local sid = "node-" .. math.random(1e9);
+			local hash = s5.hash(sid, alice.jid, bob.jid);
+			local t_sock = assert(s5.connect(node[1].port, hash));
+			local i_sock = assert(s5.connect(node[1].port, hash));
+			local act = assert(alice:request(bs.activation(sid, bob.jid, node[2])));
+			assert.equal("result", act.attr.type, tostring(act));
+			assert.equal(node[2], s5.run({ { from = i_sock, to = t_sock, data = node[2] } })[1]);
+			t_sock:close(); i_sock:close();
+		end
+		alice:close(); bob:close();
 	end);
 end);
 
