@@ -94,11 +94,16 @@ check-prosody13: deps all
 	fi
 
 # Slow specs: long transfers and many concurrent ones.
+LOADGEN = $(BUILD)/loadgen
+STRESSGEN = $(BUILD)/stressgen
+$(STRESSGEN): bench/stressgen.c
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(CFLAGS) -o $@ bench/stressgen.c
+
 stress: WERROR = -Werror
-stress: deps all
+stress: deps all $(STRESSGEN) $(LOADGEN)
 	@bash tools/run-specs $(BUSTED) --run=stress
 
-LOADGEN = $(BUILD)/loadgen
 $(LOADGEN): bench/loadgen.c
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) $(CFLAGS) -o $@ bench/loadgen.c

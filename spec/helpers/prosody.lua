@@ -197,7 +197,7 @@ local function launch(self, opts, level)
 		end
 	else
 		-- opts.max_fds raises the fd limit (as far as the hard limit allows).
-		local limit = opts.max_fds and ("ulimit -n %d 2>/dev/null || ulimit -n hard; "):format(opts.max_fds) or "";
+		local limit = opts.max_fds and ("ulimit -n %d 2>/dev/null || ulimit -n hard 2>/dev/null; "):format(opts.max_fds) or "";
 		local _, pid = shell(("cd %q && %s%s -F --config %q >%q 2>&1 & echo $!"):format(
 			dir, limit, M.command("prosody", table.concat(env, " ")), self.config_path, dir .. "/console.log"));
 		self.pid = tonumber(pid:match("%d+"));

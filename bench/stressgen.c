@@ -1,0 +1,356 @@
+/*
+ * Load for `make stress`: many SOCKS5 bytestreams through proxy65 at once,
+ * each checked byte by byte, or many idle or slow connections.
+ *
+ *   stressgen transfers PORT SEED HASH...   one bytestream per hash
+ *   stressgen hold PORT N                   N connections that complete
+ *                                           their request, then wait
+ *   stressgen slow PORT N SECONDS           N connections sending their
+ *                                           greeting a byte a second
+ *
+ * transfers: connects the target, then the initiator, of each hash; prints
+ * "ready"; then each initiator sends a size drawn from SEED (0 to 8 MiB)
+ * and ends it one of three ways: shutdown (half-close; 80%), a plain
+ * close() right after the last byte (10%), or a reset half-way (10%). The
+ * target checks every byte against the generator and reads to the end.
+ * The last line is "result streams= intact= aborted= aborted_closed=
+ * close_reset= corrupt= stalled= bytes= seconds=". hold and slow print "ready", then
+ * how many the proxy closed, when stdin closes (hold) or after SECONDS
+ * (slow): "result open= closed=".
+ * SPDX-License-Identifier: MIT
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_SIZE (8u << 20)
+#define BUF_SIZE (256u << 10)
+
+enum ending { END_SHUTDOWN, END_CLOSE, END_RESET };
+
+struct flow {
+	int send_fd, recv_fd;
+	uint64_t id, size, sent, received;
+	enum ending ending;
+	int send_done, recv_done, corrupt;
+};
+
+static double
+now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void
+die(const char *what)
+{
+	fprintf(stderr, "stressgen: %s: %s\n", what, strerror(errno));
+	exit(1);
+}
+
+static uint64_t
+mix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ULL;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+/* The byte at `offset` of stream `id`: no two streams or blocks alike. */
+static unsigned char
+pattern(uint64_t id, uint64_t offset)
+{
+	return (unsigned char)(mix((id << 40) ^ (offset >> 3)) >> ((offset & 7) * 8));
+}
+
+static int
+connect_to(int port)
+{
+	struct sockaddr_in sa;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	if (fd < 0) {
+		die("socket");
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		die("connect");
+	}
+	return fd;
+}
+
+static void
+read_exactly(int fd, unsigned char *buf, size_t n)
+{
+	size_t got = 0;
+
+	while (got < n) {
+		ssize_t r = read(fd, buf + got, n - got);
+		if (r <= 0) {
+			die("SOCKS5 reply");
+		}
+		got += (size_t)r;
+	}
+}
+
+/* A complete SOCKS5 request for hash; the reply is read when `reply`. */
+static int
+socks5(int port, const char *hash, int reply)
+{
+	unsigned char req[50], buf[64];
+	int fd = connect_to(port);
+
+	memcpy(req, "\5\1\0\5\1\0\3\50", 8);
+	memcpy(req + 8, hash, 40);
+	req[48] = req[49] = 0;
+	if (write(fd, req, 50) != 50) {
+		die("request");
+	}
+	if (reply) {
+		read_exactly(fd, buf, 2 + 47);
+		if (buf[1] != 0 || buf[3] != 0) {
+			errno = EPROTO;
+			die("request refused");
+		}
+	}
+	return fd;
+}
+
+static void
+nonblocking(int fd)
+{
+	int one = 1;
+
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+static void
+reset(int fd)
+{
+	struct linger lg = { 1, 0 };
+
+	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(fd);
+}
+
+static int
+transfers(int port, uint64_t seed, int n, char **hashes)
+{
+	struct flow *flows = calloc((size_t)n, sizeof(*flows));
+	unsigned char *buf = malloc(BUF_SIZE);
+	int ep = epoll_create1(0), remaining = n;
+	int intact = 0, aborted = 0, aborted_closed = 0, corrupt = 0, close_reset = 0;
+	uint64_t bytes = 0;
+	double start, deadline;
+
+	if (!flows || !buf || ep < 0) {
+		die("setup");
+	}
+	for (int i = 0; i < n; i++) {
+		struct flow *f = &flows[i];
+		uint64_t r = mix(seed ^ (uint64_t)i);
+		f->id = (uint64_t)i + 1;
+		f->size = r % (MAX_SIZE + 1);
+		f->ending = (r >> 40) % 10 == 0 ? END_RESET : (r >> 40) % 10 == 1 ? END_CLOSE : END_SHUTDOWN;
+		f->recv_fd = socks5(port, hashes[i], 1);
+		f->send_fd = socks5(port, hashes[i], 1);
+		nonblocking(f->recv_fd);
+		nonblocking(f->send_fd);
+	}
+	printf("ready\n");
+	fflush(stdout);
+	for (int i = 0; i < n; i++) {
+		struct epoll_event in = { .events = EPOLLIN, .data.u64 = (uint64_t)i << 1 | 1 };
+		struct epoll_event out = { .events = EPOLLOUT, .data.u64 = (uint64_t)i << 1 };
+		if (epoll_ctl(ep, EPOLL_CTL_ADD, flows[i].recv_fd, &in) < 0
+		    || epoll_ctl(ep, EPOLL_CTL_ADD, flows[i].send_fd, &out) < 0) {
+			die("epoll_ctl");
+		}
+	}
+	start = now();
+	deadline = start + 300;
+	while (remaining > 0 && now() < deadline) {
+		struct epoll_event evs[256];
+		int k = epoll_wait(ep, evs, 256, 1000);
+		for (int j = 0; j < k; j++) {
+			struct flow *f = &flows[evs[j].data.u64 >> 1];
+			if (evs[j].data.u64 & 1) {
+				ssize_t r = read(f->recv_fd, buf, BUF_SIZE);
+				if (r > 0) {
+					for (ssize_t b = 0; b < r && !f->corrupt; b++) {
+						if (buf[b] != pattern(f->id, f->received + (uint64_t)b)) {
+							f->corrupt = 1;
+						}
+					}
+					f->received += (uint64_t)r;
+					bytes += (uint64_t)r;
+					continue;
+				}
+				if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+					continue;
+				}
+				/* The end: EOF, or the proxy's reset of an aborted stream. */
+				f->recv_done = 1;
+				epoll_ctl(ep, EPOLL_CTL_DEL, f->recv_fd, NULL);
+				close(f->recv_fd);
+				remaining--;
+				if (f->corrupt || f->received > f->size) {
+					corrupt++;
+					printf("bad stream %llu: ending %d, %llu of %llu bytes, corrupt %d\n",
+					    (unsigned long long)f->id, (int)f->ending, (unsigned long long)f->received,
+					    (unsigned long long)f->size, f->corrupt);
+				} else if (f->ending == END_RESET) {
+					aborted++;
+					aborted_closed++;
+				} else if (f->received == f->size) {
+					intact++;
+				} else if (f->ending == END_CLOSE && r < 0 && errno == ECONNRESET) {
+					/*
+					 * A socket closed with bytes unsent is orphaned; under
+					 * memory pressure the sender's kernel aborts it, and the
+					 * proxy passes the reset on (TcpExtTCPAbortOnMemory).
+					 */
+					close_reset++;
+					printf("reset stream %llu: closed by its sender, %llu of %llu bytes\n",
+					    (unsigned long long)f->id, (unsigned long long)f->received,
+					    (unsigned long long)f->size);
+				} else {
+					corrupt++;	/* cut short without a reset of ours */
+					printf("short stream %llu: ending %d, %llu of %llu bytes (%s)\n",
+					    (unsigned long long)f->id, (int)f->ending, (unsigned long long)f->received,
+					    (unsigned long long)f->size, r == 0 ? "EOF" : strerror(errno));
+				}
+			} else if (!f->send_done) {
+				uint64_t limit = f->ending == END_RESET ? f->size / 2 : f->size;
+				while (f->sent < limit) {
+					size_t chunk = limit - f->sent < BUF_SIZE ? (size_t)(limit - f->sent) : BUF_SIZE;
+					for (size_t b = 0; b < chunk; b++) {
+						buf[b] = pattern(f->id, f->sent + b);
+					}
+					ssize_t w = write(f->send_fd, buf, chunk);
+					if (w <= 0) {
+						break;
+					}
+					f->sent += (uint64_t)w;
+				}
+				if (f->sent >= limit) {
+					f->send_done = 1;
+					epoll_ctl(ep, EPOLL_CTL_DEL, f->send_fd, NULL);
+					if (f->ending == END_RESET) {
+						reset(f->send_fd);
+					} else if (f->ending == END_CLOSE) {
+						close(f->send_fd);
+					} else {
+						shutdown(f->send_fd, SHUT_WR);	/* closed at exit */
+					}
+				}
+			}
+		}
+	}
+	printf("result streams=%d intact=%d aborted=%d aborted_closed=%d close_reset=%d corrupt=%d stalled=%d"
+	    " bytes=%llu seconds=%.2f\n", n, intact, aborted, aborted_closed, close_reset, corrupt, remaining,
+	    (unsigned long long)bytes, now() - start);
+	return remaining == 0 && corrupt == 0 ? 0 : 1;
+}
+
+/* hold and slow: how many of fds the proxy has closed. */
+static int
+count_closed(int *fds, int n)
+{
+	int closed = 0;
+	char c;
+
+	for (int i = 0; i < n; i++) {
+		struct pollfd p = { .fd = fds[i], .events = POLLIN };
+		if (poll(&p, 1, 0) == 1) {
+			ssize_t r = recv(fds[i], &c, 1, MSG_DONTWAIT | MSG_PEEK);
+			/* A reply byte (hold: the success reply was read) is not a close. */
+			if (r == 0 || (r < 0 && errno != EAGAIN)) {
+				closed++;
+			}
+		}
+	}
+	return closed;
+}
+
+static int
+hold(int port, int n)
+{
+	int *fds = calloc((size_t)n, sizeof(*fds));
+	char hash[41], c;
+
+	if (!fds) {
+		die("calloc");
+	}
+	for (int i = 0; i < n; i++) {
+		snprintf(hash, sizeof(hash), "%040llx", (unsigned long long)mix((uint64_t)i + 1));
+		fds[i] = socks5(port, hash, 1);
+	}
+	printf("ready\n");
+	fflush(stdout);
+	while (read(0, &c, 1) > 0) {
+	}
+	printf("result open=%d closed=%d\n", n - count_closed(fds, n), count_closed(fds, n));
+	return 0;
+}
+
+static int
+slow(int port, int n, int seconds)
+{
+	int *fds = calloc((size_t)n, sizeof(*fds));
+	double end = now() + seconds;
+
+	if (!fds) {
+		die("calloc");
+	}
+	for (int i = 0; i < n; i++) {
+		fds[i] = connect_to(port);
+		nonblocking(fds[i]);
+	}
+	printf("ready\n");
+	fflush(stdout);
+	/* One byte a second of a greeting that never ends: \5 then method 0s. */
+	for (int tick = 0; now() < end; tick++) {
+		unsigned char byte = tick == 0 ? 5 : tick == 1 ? 255 : 0;
+		for (int i = 0; i < n; i++) {
+			(void)send(fds[i], &byte, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		}
+		sleep(1);
+	}
+	printf("result open=%d closed=%d\n", n - count_closed(fds, n), count_closed(fds, n));
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	if (argc >= 5 && strcmp(argv[1], "transfers") == 0) {
+		return transfers(atoi(argv[2]), strtoull(argv[3], NULL, 10), argc - 4, argv + 4);
+	} else if (argc == 4 && strcmp(argv[1], "hold") == 0) {
+		return hold(atoi(argv[2]), atoi(argv[3]));
+	} else if (argc == 5 && strcmp(argv[1], "slow") == 0) {
+		return slow(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
+	}
+	fprintf(stderr, "usage: stressgen transfers PORT SEED HASH... | hold PORT N | slow PORT N SECONDS\n");
+	return 2;
+}
