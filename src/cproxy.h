@@ -15,6 +15,13 @@
 #define CPROXY_XMLSTREAM_MT "cproxy.xmlstream"
 #define CPROXY_POLL_MT "cproxy.poll"
 
+/*
+ * Creates the metatable `name`: methods in __index, __tostring, and `close`
+ * (if not NULL) as __gc and __close too (class.c).
+ */
+void class_define(lua_State *L, const char *name, const luaL_Reg *methods,
+    lua_CFunction close, lua_CFunction tostring);
+
 /* Pushes nil, strerror(err), err and returns 3 (errors.c). */
 int errors_push(lua_State *L, int err);
 /* Pushes nil, message, err and returns 3: for failures that are not a

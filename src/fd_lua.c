@@ -127,16 +127,7 @@ fd_lua_open(lua_State *L)
 		{ NULL, NULL }
 	};
 
-	luaL_newmetatable(L, CPROXY_FD_MT);
-	luaL_newlib(L, methods);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, l_close);
-	lua_setfield(L, -2, "__gc");
-	lua_pushcfunction(L, l_close);
-	lua_setfield(L, -2, "__close");
-	lua_pushcfunction(L, l_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_pop(L, 1);
+	class_define(L, CPROXY_FD_MT, methods, l_close, l_tostring);
 	lua_pushcfunction(L, l_own_fd);
 	lua_setfield(L, -2, "own_fd");
 }

@@ -134,12 +134,7 @@ socks5_lua_open(lua_State *L)
 		{ NULL, NULL }
 	};
 
-	luaL_newmetatable(L, CPROXY_SOCKS5_MT);
-	luaL_newlib(L, methods);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, l_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_pop(L, 1);
+	class_define(L, CPROXY_SOCKS5_MT, methods, NULL, l_tostring);	/* owns nothing */
 	lua_pushcfunction(L, l_new);
 	lua_setfield(L, -2, "socks5");
 }

@@ -259,16 +259,7 @@ xmlstream_lua_open(lua_State *L)
 		{ NULL, NULL }
 	};
 
-	luaL_newmetatable(L, CPROXY_XMLSTREAM_MT);
-	luaL_newlib(L, methods);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, l_close);
-	lua_setfield(L, -2, "__gc");
-	lua_pushcfunction(L, l_close);
-	lua_setfield(L, -2, "__close");
-	lua_pushcfunction(L, l_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_pop(L, 1);
+	class_define(L, CPROXY_XMLSTREAM_MT, methods, l_close, l_tostring);
 	lua_pushcfunction(L, l_new);
 	lua_setfield(L, -2, "xmlstream");
 }
