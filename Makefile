@@ -33,7 +33,7 @@ INST_LUADIR ?= /usr/local/share/lua/$(LUA_VERSION)
 INST_BINDIR ?= /usr/local/bin
 PLUGIN_DIR = $(INST_LUADIR)/prosody_cproxy
 
-.PHONY: all clean deps check test stress bench run install
+.PHONY: all clean deps check test stress bench run install fuzz fuzz-build
 
 all: $(CORE)
 
@@ -74,6 +74,32 @@ bench: deps all $(LOADGEN)
 
 run: all
 	@bash tools/run-demo
+
+# Fuzzing (clang, libFuzzer): each target links only the pure C core it
+# tests. `make fuzz` runs each for FUZZ_SECONDS on a copy of its corpus and
+# fails on the first crash; spec/fuzz/corpus/<target>/ holds the seeds.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS = -std=c11 -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_TARGETS = socks5 jat xmlstream
+FUZZ_BINS = $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZ_TARGETS))
+
+$(BUILD)/fuzz/fuzz_socks5: spec/fuzz/fuzz_socks5.c spec/fuzz/split.h src/socks5.c src/socks5.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ spec/fuzz/fuzz_socks5.c src/socks5.c
+
+$(BUILD)/fuzz/fuzz_jat: spec/fuzz/fuzz_jat.c src/jat.c src/jat.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(CRYPTO_CFLAGS) -o $@ spec/fuzz/fuzz_jat.c src/jat.c $(CRYPTO_LIBS)
+
+$(BUILD)/fuzz/fuzz_xmlstream: spec/fuzz/fuzz_xmlstream.c spec/fuzz/split.h src/xmlstream.c src/xmlstream.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(EXPAT_CFLAGS) -o $@ spec/fuzz/fuzz_xmlstream.c src/xmlstream.c $(EXPAT_LIBS)
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: $(FUZZ_BINS)
+	@bash tools/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
 	rm -rf $(BUILD)
