@@ -33,7 +33,7 @@ INST_LUADIR ?= /usr/local/share/lua/$(LUA_VERSION)
 INST_BINDIR ?= /usr/local/bin
 PLUGIN_DIR = $(INST_LUADIR)/prosody_cproxy
 
-.PHONY: all clean deps check test stress bench run install fuzz fuzz-build
+.PHONY: all clean deps check test stress bench run install fuzz fuzz-build check-sanitize
 
 all: $(CORE)
 
@@ -100,6 +100,15 @@ fuzz-build: $(FUZZ_BINS)
 
 fuzz: $(FUZZ_BINS)
 	@bash tools/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# The whole suite against a build with ASan and UBSan (build/sanitize/),
+# swapped in for the run; any sanitizer report fails it.
+SANITIZE_CC ?= clang
+SANITIZE_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+check-sanitize: deps all
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/sanitize CC=$(SANITIZE_CC) CFLAGS="$(SANITIZE_FLAGS)" \
+	    LIBFLAG="-shared -shared-libasan $(SANITIZE_FLAGS)" $(BUILD)/sanitize/cproxy/core.so
+	@bash tools/check-sanitize $(BUSTED) --run=check
 
 clean:
 	rm -rf $(BUILD)
