@@ -6,6 +6,13 @@ local socket = require "socket";
 
 local M = {};
 
+-- CPROXY_PROSODY_COMMAND replaces `prosody` in the `prosody -F` that starts
+-- it, e.g. "valgrind --tool=memcheck ... lua5.4 /usr/bin/prosody" (see
+-- tools/check-valgrind). Such a Prosody starts and stops much more slowly,
+-- so the waits below grow with it.
+local prosody_command = os.getenv("CPROXY_PROSODY_COMMAND") or "prosody";
+local slow = prosody_command ~= "prosody" and 20 or 1;
+
 M.root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helpers/[^/]*$") or ".");
 if M.root:sub(1, 1) ~= "/" then
 	M.root = os.getenv("PWD") .. "/" .. M.root:gsub("^%./?", "");
@@ -65,7 +72,7 @@ function handle_mt:log_tail(n)
 end
 
 function handle_mt:wait_log(pattern, timeout)
-	local deadline = socket.gettime() + (timeout or 5);
+	local deadline = socket.gettime() + (timeout or 5) * slow;
 	repeat
 		local found = self:log():match(pattern);
 		if found then
@@ -128,7 +135,7 @@ function handle_mt:stop()
 	self.stopped = true;
 	if self.pid then
 		os.execute("kill -TERM " .. self.pid .. " 2>/dev/null");
-		local deadline = socket.gettime() + 5;
+		local deadline = socket.gettime() + 5 * slow;
 		while self:alive() and socket.gettime() < deadline do
 			socket.sleep(0.05);
 		end
@@ -171,12 +178,12 @@ local function launch(self, opts, level)
 			error("prosodyctl start failed: " .. tostring(out) .. "\n" .. tail, level + 1);
 		end
 	else
-		local _, pid = shell(("cd %q && %s prosody -F --config %q >%q 2>&1 & echo $!"):format(
-			dir, table.concat(env, " "), self.config_path, dir .. "/console.log"));
+		local _, pid = shell(("cd %q && %s %s -F --config %q >%q 2>&1 & echo $!"):format(
+			dir, table.concat(env, " "), prosody_command, self.config_path, dir .. "/console.log"));
 		self.pid = tonumber(pid:match("%d+"));
 	end
 
-	local deadline = socket.gettime() + 15;
+	local deadline = socket.gettime() + 15 * slow;
 	local waiting = opts.wait_ports or { "c2s" };
 	local ready = false;
 	while socket.gettime() < deadline and self:alive() do
@@ -203,7 +210,7 @@ end
 -- Stops Prosody and starts it again with the same config, data and ports.
 function handle_mt:restart()
 	os.execute("kill -TERM " .. self.pid .. " 2>/dev/null");
-	local deadline = socket.gettime() + 5;
+	local deadline = socket.gettime() + 5 * slow;
 	while self:alive() and socket.gettime() < deadline do
 		socket.sleep(0.05);
 	end
