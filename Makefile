@@ -33,7 +33,7 @@ INST_LUADIR ?= /usr/local/share/lua/$(LUA_VERSION)
 INST_BINDIR ?= /usr/local/bin
 PLUGIN_DIR = $(INST_LUADIR)/prosody_cproxy
 
-.PHONY: all clean deps check test stress bench run install fuzz fuzz-build check-sanitize
+.PHONY: all clean deps check test stress bench run install fuzz fuzz-build check-sanitize check-valgrind deps-reliability
 
 all: $(CORE)
 
@@ -75,6 +75,11 @@ bench: deps all $(LOADGEN)
 run: all
 	@bash tools/run-demo
 
+# The tools of the fuzz, sanitizer and valgrind runs (Debian 12 packages).
+RELIABILITY_DEPS = clang libclang-rt-14-dev valgrind
+deps-reliability:
+	@sh tools/install-deps $(RELIABILITY_DEPS)
+
 # Fuzzing (clang, libFuzzer): each target links only the pure C core it
 # tests. `make fuzz` runs each for FUZZ_SECONDS on a copy of its corpus and
 # fails on the first crash; spec/fuzz/corpus/<target>/ holds the seeds.
@@ -98,17 +103,24 @@ $(BUILD)/fuzz/fuzz_xmlstream: spec/fuzz/fuzz_xmlstream.c spec/fuzz/split.h src/x
 
 fuzz-build: $(FUZZ_BINS)
 
-fuzz: $(FUZZ_BINS)
+fuzz: deps-reliability
+	@$(MAKE) --no-print-directory fuzz-build
 	@bash tools/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # The whole suite against a build with ASan and UBSan (build/sanitize/),
 # swapped in for the run; any sanitizer report fails it.
 SANITIZE_CC ?= clang
 SANITIZE_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
-check-sanitize: deps all
+check-sanitize: deps deps-reliability all
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/sanitize CC=$(SANITIZE_CC) CFLAGS="$(SANITIZE_FLAGS)" \
 	    LIBFLAG="-shared -shared-libasan $(SANITIZE_FLAGS)" $(BUILD)/sanitize/cproxy/core.so
 	@bash tools/check-sanitize $(BUSTED) --run=check
+
+# A few integration specs (transfers, JAT traffic) with Prosody under
+# valgrind memcheck; spec/valgrind.supp lists what is Prosody's own.
+VALGRIND_SPECS = spec/mod_proxy65_relay_spec.lua spec/mod_client_proxy_spec.lua
+check-valgrind: deps deps-reliability all
+	@bash tools/check-valgrind $(BUSTED) --run=check $(VALGRIND_SPECS)
 
 clean:
 	rm -rf $(BUILD)
