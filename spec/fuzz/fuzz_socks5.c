@@ -70,7 +70,7 @@ run(struct outcome *o, enum split_mode mode, uint64_t seed, const uint8_t *data,
 		}
 		assert(o->s.hash[SOCKS5_HASH_LEN] == '\0');
 		assert(o->s.reason == SOCKS5_OK);
-		/* Answer it: with an even seed accept, else refuse. */
+		/* Answer it as the seed says: accept, or refuse either way. */
 		if (seed & 2) {
 			socks5_accept(&o->s);
 			assert(o->s.state == SOCKS5_DONE);
