@@ -44,7 +44,7 @@ PROSODY13_TARBALL ?= ../shared/third_party/prosody-$(PROSODY13_VERSION).tar.gz
 PROSODY13 = $(BUILD)/prosody-$(PROSODY13_VERSION)
 PROSODY_BUILD_DEPS = libidn2-dev libicu-dev
 
-.PHONY: all clean deps check check-prosody13 test stress bench run install FORCE
+.PHONY: all clean deps check check-prosody13 test stress bench run install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability
 
 all: $(CORE)
 
@@ -113,6 +113,53 @@ bench: deps all $(LOADGEN)
 
 run: all
 	@bash tools/run-demo
+
+# The tools of the fuzz, sanitizer and valgrind runs (Debian 12 packages).
+RELIABILITY_DEPS = clang libclang-rt-14-dev valgrind
+deps-reliability:
+	@sh tools/install-deps $(RELIABILITY_DEPS)
+
+# Fuzzing (clang, libFuzzer): each target links only the pure C core it
+# tests. `make fuzz` runs each for FUZZ_SECONDS on a copy of its corpus and
+# fails on the first crash; spec/fuzz/corpus/<target>/ holds the seeds.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS = -std=c11 -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_TARGETS = socks5 jat xmlstream
+FUZZ_BINS = $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZ_TARGETS))
+
+$(BUILD)/fuzz/fuzz_socks5: spec/fuzz/fuzz_socks5.c spec/fuzz/split.h src/socks5.c src/socks5.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ spec/fuzz/fuzz_socks5.c src/socks5.c
+
+$(BUILD)/fuzz/fuzz_jat: spec/fuzz/fuzz_jat.c src/jat.c src/jat.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(CRYPTO_CFLAGS) -o $@ spec/fuzz/fuzz_jat.c src/jat.c $(CRYPTO_LIBS)
+
+$(BUILD)/fuzz/fuzz_xmlstream: spec/fuzz/fuzz_xmlstream.c spec/fuzz/split.h src/xmlstream.c src/xmlstream.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(EXPAT_CFLAGS) -o $@ spec/fuzz/fuzz_xmlstream.c src/xmlstream.c $(EXPAT_LIBS)
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: deps-reliability
+	@$(MAKE) --no-print-directory fuzz-build
+	@bash tools/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# The whole suite against a build with ASan and UBSan (build/sanitize/),
+# swapped in for the run; any sanitizer report fails it.
+SANITIZE_CC ?= clang
+SANITIZE_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+check-sanitize: deps deps-reliability all
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/sanitize CC=$(SANITIZE_CC) CFLAGS="$(SANITIZE_FLAGS)" \
+	    LIBFLAG="-shared -shared-libasan $(SANITIZE_FLAGS)" $(BUILD)/sanitize/cproxy/core.so
+	@bash tools/check-sanitize $(BUSTED) --run=check
+
+# A few integration specs (transfers, JAT traffic) with Prosody under
+# valgrind memcheck; spec/valgrind.supp lists what is Prosody's own.
+VALGRIND_SPECS = spec/mod_proxy65_relay_spec.lua spec/mod_client_proxy_spec.lua
+check-valgrind: deps deps-reliability all
+	@bash tools/check-valgrind $(BUSTED) --run=check $(VALGRIND_SPECS)
 
 clean:
 	rm -rf $(BUILD)

@@ -108,6 +108,35 @@ describe("cproxy.core.xmlstream", function ()
 			assert.truthy(parse(many, { max_stanza = 2048 }));
 		end);
 
+		-- Found by spec/fuzz/fuzz_xmlstream.c (#21): fed whole, a stream
+		-- header past max_stanza, or that much whitespace before a stanza,
+		-- was accepted, and refused only when it came in pieces.
+		it("bounds the stream header and the bytes between stanzas at every split (#21)", function ()
+			local header = STREAM:gsub(" id='s1'", " id='" .. ("h"):rep(1500) .. "'");
+			local gap = STREAM .. (" "):rep(1500) .. "<message/>";
+			local fine = STREAM .. (" "):rep(500) .. "<message>" .. ("z"):rep(900) .. "</message>";
+			for _, case in ipairs({ { header, false }, { gap, false }, { fine, true } }) do
+				local input, ok = case[1], case[2];
+				local whole = { parse({ input }, { max_stanza = 1024 }) };
+				assert.equal(ok, whole[1] ~= nil);
+				if not ok then
+					assert.same({ nil, "stanza-too-big", "policy-violation" }, whole);
+				end
+				for at = 1, #input - 1, 7 do
+					assert.same(whole, { parse({ input:sub(1, at), input:sub(at + 1) }, { max_stanza = 1024 }) });
+				end
+			end
+		end);
+
+		-- The same fuzz input, through the binding: spec/fuzz/corpus/xmlstream/big-header.
+		it("refuses the fuzzers' over-long header input (#21)", function ()
+			local f = assert(io.open("spec/fuzz/corpus/xmlstream/big-header", "rb"));
+			local input = f:read("a");
+			f:close();
+			assert.same({ nil, "stanza-too-big", "policy-violation" }, { parse({ input }, { max_stanza = 1024 }) });
+			assert.same({ nil, "stanza-too-big", "policy-violation" }, { parse({ input:sub(1, 300), input:sub(301) }, { max_stanza = 1024 }) });
+		end);
+
 		it("bounds depth and attribute count as policy-violation", function ()
 			assert.same({ nil, "too-deep", "policy-violation" },
 				{ parse({ STREAM .. ("<a>"):rep(10) }, { max_depth = 8 }) });

@@ -104,6 +104,12 @@ jat_free(struct jat *j)
 }
 
 int
+jat_jid_ok(const uint8_t *jid, size_t len)
+{
+	return len > 0 && len <= JAT_JID_MAX && memchr(jid, '\0', len) == NULL;
+}
+
+int
 jat_ref(struct jat *j, const uint8_t *jid, size_t len, uint8_t ref[JAT_REF_LEN])
 {
 	uint8_t mac[32];

@@ -22,6 +22,8 @@
 /* Base64url of JAT_REF_LEN bytes: 96 bits are exactly 16 characters. */
 #define JAT_TAG_LEN 16
 #define JAT_KEY_LEN 32
+/* The longest JID: three parts of 1023 bytes, '@' and '/'. */
+#define JAT_JID_MAX (3 * 1023 + 2)
 
 struct evp_mac_ctx_st;
 
@@ -37,6 +39,12 @@ struct jat {
 int jat_init(struct jat *j, const uint8_t *secret, size_t secret_len,
 	const uint8_t *context, size_t context_len);
 void jat_free(struct jat *j);
+
+/*
+ * Whether jid[0..len) may be tagged: 1 to JAT_JID_MAX bytes, no NUL (no JID
+ * holds one; refusing it keeps one JID per string).
+ */
+int jat_jid_ok(const uint8_t *jid, size_t len);
 
 /* The reference of jid[0..len). Returns 0, or -1 when libcrypto fails. */
 int jat_ref(struct jat *j, const uint8_t *jid, size_t len, uint8_t ref[JAT_REF_LEN]);

@@ -14,9 +14,6 @@
 #include "jat.h"
 #include "jat_store.h"
 
-/* Three parts of 1023 bytes, '@' and '/'. */
-#define JID_MAX (3 * 1023 + 2)
-
 struct jat_box {
 	struct jat jat;
 	struct jat_store store;
@@ -71,8 +68,7 @@ l_encode(lua_State *L)
 	uint8_t ref[JAT_REF_LEN];
 	char tag[JAT_TAG_LEN];
 
-	/* No JID holds a NUL; refusing one keeps one JID per string. */
-	if (len == 0 || len > JID_MAX || memchr(jid, '\0', len) != NULL) {
+	if (!jat_jid_ok((const uint8_t *)jid, len)) {
 		lua_pushnil(L);
 		lua_pushliteral(L, "invalid");
 		return 2;

@@ -6,6 +6,13 @@ local socket = require "socket";
 
 local M = {};
 
+-- CPROXY_PROSODY_COMMAND replaces `prosody` in the `prosody -F` that starts
+-- it, e.g. "valgrind --tool=memcheck ... lua5.4 /usr/bin/prosody" (see
+-- tools/check-valgrind). Such a Prosody starts and stops much more slowly,
+-- so the waits below grow with it.
+local prosody_command = os.getenv("CPROXY_PROSODY_COMMAND") or "prosody";
+local slow = prosody_command ~= "prosody" and 20 or 1;
+
 M.root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helpers/[^/]*$") or ".");
 if M.root:sub(1, 1) ~= "/" then
 	M.root = os.getenv("PWD") .. "/" .. M.root:gsub("^%./?", "");
@@ -26,6 +33,9 @@ end
 -- `prosodyctl`, its arguments to follow; `prefix` goes before the program:
 -- variable assignments, or a wrapper such as "timeout 20".
 function M.command(tool, prefix)
+	if tool == "prosody" and prosody_command ~= "prosody" then
+		return ("%s %s"):format(prefix or "", prosody_command);
+	end
 	if M.src then
 		return ("cd %q && %s lua5.4 ./%s"):format(M.src, prefix or "", tool);
 	end
@@ -49,7 +59,18 @@ local function read_file(path)
 	return data;
 end
 
+-- A port nothing listens on, below the kernel's ephemeral range, so that
+-- no client socket of this or another test takes it before Prosody binds
+-- it (a port from bind(0) is an ephemeral one, and may be handed out again).
 function M.free_port()
+	for _ = 1, 100 do
+		local port = math.random(20000, 32000);
+		local s = socket.bind("127.0.0.1", port);
+		if s then
+			s:close();
+			return port;
+		end
+	end
 	local s = assert(socket.bind("127.0.0.1", 0));
 	local _, port = s:getsockname();
 	s:close();
@@ -85,7 +106,7 @@ function handle_mt:log_tail(n)
 end
 
 function handle_mt:wait_log(pattern, timeout)
-	local deadline = socket.gettime() + (timeout or 5);
+	local deadline = socket.gettime() + (timeout or 5) * slow;
 	repeat
 		local found = self:log():match(pattern);
 		if found then
@@ -153,7 +174,7 @@ function handle_mt:stop()
 	self.stopped = true;
 	if self.pid then
 		os.execute("kill -TERM " .. self.pid .. " 2>/dev/null");
-		local deadline = socket.gettime() + 5;
+		local deadline = socket.gettime() + 5 * slow;
 		while self:alive() and socket.gettime() < deadline do
 			socket.sleep(0.05);
 		end
@@ -203,7 +224,7 @@ local function launch(self, opts, level)
 		self.pid = tonumber(pid:match("%d+"));
 	end
 
-	local deadline = socket.gettime() + 15;
+	local deadline = socket.gettime() + 15 * slow;
 	local waiting = opts.wait_ports or { "c2s" };
 	local ready = false;
 	while socket.gettime() < deadline and self:alive() do
@@ -230,7 +251,7 @@ end
 -- Stops Prosody and starts it again with the same config, data and ports.
 function handle_mt:restart()
 	os.execute("kill -TERM " .. self.pid .. " 2>/dev/null");
-	local deadline = socket.gettime() + 5;
+	local deadline = socket.gettime() + 5 * slow;
 	while self:alive() and socket.gettime() < deadline do
 		socket.sleep(0.05);
 	end
