@@ -33,6 +33,7 @@ local global_options = {
 	"proxy65_buffer_size", "proxy65_idle_timeout", "proxy65_socket_buffer",
 	"proxy65_max_connections", "proxy65_max_connections_per_ip", "proxy65_max_transfers_per_user",
 	"proxy65_rate_limit", "proxy65_total_rate_limit", "proxy65_max_transfer_bytes",
+	"proxy65_relay_nice",
 };
 local RATE_MAX = 2 ^ 34; -- the engine's bound (16 GiB/s)
 local defaults = proxy65.defaults;
@@ -50,6 +51,7 @@ local service_options = {
 		rate_limit = options.number(module, "proxy65_rate_limit", 0, 0, RATE_MAX, true);
 		total_rate_limit = options.number(module, "proxy65_total_rate_limit", 0, 0, RATE_MAX, true);
 		max_bytes = options.number(module, "proxy65_max_transfer_bytes", 0, 0, 2 ^ 53, true);
+		nice = options.number(module, "proxy65_relay_nice", 0, 0, 19, true);
 	};
 };
 

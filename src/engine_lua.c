@@ -71,6 +71,7 @@ check_config(lua_State *L, int t, struct engine_config *cfg)
 	cfg->rate_limit = (uint64_t)opt_field(L, t, "rate_limit", 0, 0, (lua_Integer)1 << 34);
 	cfg->total_rate_limit = (uint64_t)opt_field(L, t, "total_rate_limit", 0, 0, (lua_Integer)1 << 34);
 	cfg->max_bytes = (uint64_t)opt_field(L, t, "max_bytes", 0, 0, LUA_MAXINTEGER);
+	cfg->nice = (int)opt_field(L, t, "nice", 0, 0, 19);
 	lua_getfield(L, t, "mode");
 	cfg->mode = (enum relay_mode)luaL_checkoption(L, -1, "splice", modes);
 	lua_pop(L, 1);
@@ -78,7 +79,8 @@ check_config(lua_State *L, int t, struct engine_config *cfg)
 
 /*
  * engine{ buffer_size=, mode="splice"|"copy", idle_timeout=seconds, sockbuf=,
- *   rate_limit=, total_rate_limit= (bytes/s), max_bytes= } -> engine | nil, err, errno
+ *   rate_limit=, total_rate_limit= (bytes/s), max_bytes=, nice=0..19 }
+ *   -> engine | nil, err, errno
  */
 static int
 l_new(lua_State *L)
