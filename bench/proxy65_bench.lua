@@ -13,6 +13,7 @@
 --   BENCH_BYTES_8=134217728   bytes of each of the 8 streams
 --   BENCH_ROWS=direct,relay,builtin,ours   which contenders to run
 --   BENCH_OPTIONS='proxy65_relay_mode = "copy"'   global config lines for ours
+--   BENCH_LOADGEN_NICE=0      nice value of the load generator
 local socket = require "socket";
 local prosody = require "spec.helpers.prosody";
 local xmpp = require "spec.helpers.xmpp_client";
@@ -29,6 +30,7 @@ local scenarios = {
 -- The built-in relays about 15 times slower: a gigabyte settles its rate.
 local BUILTIN_MAX_BYTES = GiB;
 local LOADGEN, RELAY = "./build/loadgen", "./build/relay";
+local LOADGEN_NICE = tonumber(os.getenv("BENCH_LOADGEN_NICE")) or 0;
 local REST_PINGS = 300;
 local ROW_NAMES = {
 	direct = "direct loopback", relay = "C relay (ceiling)",
@@ -88,7 +90,7 @@ end
 -- reports its result. Returns MiB/s.
 local function run_load(args, pinger, rtts, on_ready)
 	local out = os.tmpname();
-	os.execute(("%s %s >%s 2>&1 &"):format(LOADGEN, args, out));
+	os.execute(("nice -n %d %s %s >%s 2>&1 &"):format(LOADGEN_NICE, LOADGEN, args, out));
 	local deadline = socket.gettime() + 20;
 	while not read_file(out):find("ready") and socket.gettime() < deadline do
 		socket.sleep(0.01);
@@ -221,7 +223,8 @@ local ok, err = pcall(function ()
 	end
 
 	print();
-	print(("%d rounds, medians; pings pooled over the rounds, at rest just before each transfer and during it"):format(ROUNDS));
+	print(("%d rounds, medians; pings pooled over the rounds, at rest just before each transfer and during it;"
+		.. " load generator at nice %d"):format(ROUNDS, LOADGEN_NICE));
 	print(("%-10s %-18s %8s %10s %16s %16s"):format("streams", "relay", "MiB/s", "CPU-s/GiB",
 		"rest p50/p99 ms", "load p50/p99 ms"));
 	for _, scenario in ipairs(scenarios) do
