@@ -59,7 +59,7 @@ check_config(lua_State *L, int t, struct engine_config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 	if (lua_isnoneornil(L, t)) {
 		cfg->buffer_size = 4 << 20;
-		cfg->mode = RELAY_SPLICE;
+		cfg->mode = RELAY_COPY;
 		return;
 	}
 	luaL_checktype(L, t, LUA_TTABLE);
@@ -73,12 +73,12 @@ check_config(lua_State *L, int t, struct engine_config *cfg)
 	cfg->max_bytes = (uint64_t)opt_field(L, t, "max_bytes", 0, 0, LUA_MAXINTEGER);
 	cfg->nice = (int)opt_field(L, t, "nice", 0, 0, 19);
 	lua_getfield(L, t, "mode");
-	cfg->mode = (enum relay_mode)luaL_checkoption(L, -1, "splice", modes);
+	cfg->mode = (enum relay_mode)luaL_checkoption(L, -1, "copy", modes);
 	lua_pop(L, 1);
 }
 
 /*
- * engine{ buffer_size=, mode="splice"|"copy", idle_timeout=seconds, sockbuf=,
+ * engine{ buffer_size=, mode="copy"|"splice", idle_timeout=seconds, sockbuf=,
  *   rate_limit=, total_rate_limit= (bytes/s), max_bytes=, nice=0..19 }
  *   -> engine | nil, err, errno
  */
