@@ -51,7 +51,7 @@ local service_options = {
 		rate_limit = options.number(module, "proxy65_rate_limit", 0, 0, RATE_MAX, true);
 		total_rate_limit = options.number(module, "proxy65_total_rate_limit", 0, 0, RATE_MAX, true);
 		max_bytes = options.number(module, "proxy65_max_transfer_bytes", 0, 0, 2 ^ 53, true);
-		nice = options.number(module, "proxy65_relay_nice", 0, 0, 19, true);
+		nice = options.number(module, "proxy65_relay_nice", 10, 0, 19, true);
 	};
 };
 
