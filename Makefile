@@ -108,7 +108,12 @@ $(LOADGEN): bench/loadgen.c
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) $(CFLAGS) -o $@ bench/loadgen.c
 
-bench: deps all $(LOADGEN)
+RELAY = $(BUILD)/relay
+$(RELAY): bench/relay.c
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(CFLAGS) -o $@ bench/relay.c
+
+bench: deps all $(LOADGEN) $(RELAY)
 	@bash tools/bench
 
 run: all

@@ -5,11 +5,13 @@
  *
  *   loadgen direct BYTES STREAMS
  *   loadgen socks5 PORT BYTES HASH...   (one stream per hash)
+ *   loadgen pair PORT BYTES STREAMS     (through bench/relay.c)
  *
  * socks5 mode connects the target and then the initiator for each hash,
  * prints "ready", and starts sending at once: bytes sent before the
- * activation wait in the kernel. Timing runs from the first byte received
- * to the last. The last line is "result bytes=N seconds=S mibps=M".
+ * activation wait in the kernel. pair mode connects the receiver and then
+ * the sender of each stream, with no handshake. Timing runs from the first
+ * byte received to the last. The last line is "result bytes=N seconds=S mibps=M".
  * SPDX-License-Identifier: MIT
  */
 #define _GNU_SOURCE
@@ -182,8 +184,20 @@ main(int argc, char **argv)
 			streams[i].recv_fd = socks5_connect(port, argv[4 + i]);	/* target */
 			streams[i].send_fd = socks5_connect(port, argv[4 + i]);	/* initiator */
 		}
+	} else if (argc >= 5 && strcmp(argv[1], "pair") == 0) {
+		int port = atoi(argv[2]);
+		total_bytes = strtoull(argv[3], NULL, 10);
+		n = atoi(argv[4]);
+		if (n < 1 || n > MAX_STREAMS) {
+			return 2;
+		}
+		for (int i = 0; i < n; i++) {
+			streams[i].recv_fd = connect_to(port);
+			streams[i].send_fd = connect_to(port);
+		}
 	} else {
-		fprintf(stderr, "usage: loadgen direct BYTES STREAMS | loadgen socks5 PORT BYTES HASH...\n");
+		fprintf(stderr, "usage: loadgen direct BYTES STREAMS | loadgen socks5 PORT BYTES HASH..."
+		    " | loadgen pair PORT BYTES STREAMS\n");
 		return 2;
 	}
 	printf("ready\n");

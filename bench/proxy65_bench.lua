@@ -1,21 +1,47 @@
--- `make bench` for proxy65: Prosody's built-in mod_proxy65 and ours, each in
--- a real Prosody, and a direct loopback pair, measured in one run with the
--- same C load generator (build/loadgen). Prints MiB/s, Prosody's CPU-seconds
--- per GiB relayed, XMPP ping round trips while relaying and idle, and the
--- ratios. Run from the checkout's root: lua5.4 bench/proxy65_bench.lua
+-- `make bench` for proxy65. In one run, with the same C load generator
+-- (build/loadgen): a direct loopback pair (no relay), a minimal C relay
+-- (build/relay, the ceiling a relay can reach here), Prosody's built-in
+-- mod_proxy65 and ours, each in a real Prosody. Rounds run interleaved and
+-- each figure is the median of the rounds. Prints MiB/s, CPU-seconds per
+-- GiB relayed (of the relay's process, all threads), and XEP-0199 ping
+-- round trips at rest and under load, both from the same round.
+--
+-- Run from the checkout's root: lua5.4 bench/proxy65_bench.lua
+-- Environment:
+--   BENCH_ROUNDS=3            rounds, interleaved
+--   BENCH_BYTES_1=4294967296  bytes of the 1-stream transfer
+--   BENCH_BYTES_8=134217728   bytes of each of the 8 streams
+--   BENCH_ROWS=direct,relay,builtin,ours   which contenders to run
+--   BENCH_OPTIONS='proxy65_relay_mode = "copy"'   global config lines for ours
+--   BENCH_LOADGEN_NICE=19     nice value of the load generator: it stands in
+--                             for two remote peers, whose CPU is not the server's
 local socket = require "socket";
 local prosody = require "spec.helpers.prosody";
 local xmpp = require "spec.helpers.xmpp_client";
 local s5 = require "spec.helpers.socks5_client";
-local st = require "util.stanza";
-local percentile = require "bench.stats".percentile;
+local stats = require "bench.stats";
+local percentile, median = stats.percentile, stats.median;
 
 local MiB, GiB = 1048576, 1073741824;
+local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS")) or 3;
 local scenarios = {
-	{ name = "1 stream", streams = 1, bytes = tonumber(os.getenv("BENCH_BYTES_1")) or GiB },
+	{ name = "1 stream", streams = 1, bytes = tonumber(os.getenv("BENCH_BYTES_1")) or 4 * GiB },
 	{ name = "8 streams", streams = 8, bytes = tonumber(os.getenv("BENCH_BYTES_8")) or 128 * MiB },
 };
-local LOADGEN = "./build/loadgen";
+-- The built-in relays about 15 times slower: a gigabyte settles its rate.
+local BUILTIN_MAX_BYTES = GiB;
+local LOADGEN, RELAY = "./build/loadgen", "./build/relay";
+local LOADGEN_NICE = tonumber(os.getenv("BENCH_LOADGEN_NICE")) or 19;
+local REST_PINGS = 300;
+local ROW_NAMES = {
+	direct = "direct loopback", relay = "C relay (ceiling)",
+	builtin = "built-in", ours = "prosody-cproxy",
+};
+local rows = {};
+for name in (os.getenv("BENCH_ROWS") or "direct,relay,builtin,ours"):gmatch("[^,%s]+") do
+	assert(ROW_NAMES[name], "unknown row in BENCH_ROWS: " .. name);
+	table.insert(rows, name);
+end
 
 local hosts = [[
 VirtualHost "localhost"
@@ -33,16 +59,19 @@ local function read_file(path)
 	return data;
 end
 
-local function ping_stats(pinger, count)
-	local rtts = {};
-	for _ = 1, count do
-		local rtt = pinger:ping("localhost", 5);
-		if rtt then
-			table.insert(rtts, rtt * 1000);
-		end
-		socket.sleep(0.002);
+local CLK_TCK = (function ()
+	local h = io.popen("getconf CLK_TCK");
+	local v = tonumber(h:read("a"));
+	h:close();
+	return v or 100;
+end)();
+
+local function cpu_seconds(pid)
+	local fields = {};
+	for field in read_file("/proc/" .. pid .. "/stat"):gsub("^.*%) ", ""):gmatch("%S+") do
+		table.insert(fields, field);
 	end
-	return rtts;
+	return ((tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)) / CLK_TCK;
 end
 
 local function login(server, user)
@@ -50,109 +79,187 @@ local function login(server, user)
 		username = user, password = user, resource = "bench" }));
 end
 
--- One measurement through a Prosody's proxy65.
-local function through_proxy(server, scenario)
-	local alice, bob, carol = login(server, "alice"), login(server, "bob"), login(server, "carol");
-	local hashes, sids = {}, {};
-	for i = 1, scenario.streams do
-		sids[i] = ("bench-%d-%d"):format(i, math.random(1e9));
-		hashes[i] = s5.hash(sids[i], alice.jid, bob.jid);
+local function ping_once(pinger, rtts)
+	local rtt = pinger:ping("localhost", 5);
+	if rtt then
+		table.insert(rtts, rtt * 1000);
 	end
+	socket.sleep(0.002);
+end
+
+-- Starts the load generator with `args`; pings through `pinger` until it
+-- reports its result. Returns MiB/s.
+local function run_load(args, pinger, rtts, on_ready)
 	local out = os.tmpname();
-	os.execute(("%s socks5 %d %d %s >%s 2>&1 &"):format(LOADGEN, server.ports.proxy65,
-		scenario.bytes, table.concat(hashes, " "), out));
+	os.execute(("nice -n %d %s %s >%s 2>&1 &"):format(LOADGEN_NICE, LOADGEN, args, out));
 	local deadline = socket.gettime() + 20;
 	while not read_file(out):find("ready") and socket.gettime() < deadline do
 		socket.sleep(0.01);
 	end
-	local cpu0 = server:cpu_seconds();
-	for i = 1, scenario.streams do
-		local reply = assert(alice:request(xmpp.iq({ type = "set", to = "proxy.localhost" })
-			:tag("query", { xmlns = "http://jabber.org/protocol/bytestreams", sid = sids[i] })
-			:tag("activate"):text(bob.jid)));
-		assert(reply.attr.type == "result", tostring(reply));
+	if on_ready then
+		on_ready();
 	end
-	local rtts = {};
 	deadline = socket.gettime() + 600;
 	while not read_file(out):find("result") and socket.gettime() < deadline do
-		local text = read_file(out);
-		if text:find("loadgen:") then
-			error("load generator failed: " .. text);
+		if read_file(out):find("loadgen:") then
+			error("load generator failed: " .. read_file(out));
 		end
-		local rtt = carol:ping("localhost", 5);
-		if rtt then
-			table.insert(rtts, rtt * 1000);
-		end
-		socket.sleep(0.002);
+		ping_once(pinger, rtts);
 	end
-	local cpu = server:cpu_seconds() - cpu0;
 	local text = read_file(out);
 	os.remove(out);
-	alice:close(); bob:close(); carol:close();
-	local mibps = tonumber(text:match("mibps=([%d.]+)"));
-	assert(mibps, "no result from the load generator: " .. text);
-	local bytes = scenario.bytes * scenario.streams;
-	return { mibps = mibps, cpu_per_gib = cpu / (bytes / GiB),
-		p50 = percentile(rtts, 0.5), p99 = percentile(rtts, 0.99), pings = #rtts };
+	return assert(tonumber(text:match("mibps=([%d.]+)")), "no result from the load generator: " .. text);
 end
 
-local function direct(scenario)
-	local handle = assert(io.popen(("%s direct %d %d"):format(LOADGEN, scenario.bytes, scenario.streams)));
-	local text = handle:read("a");
-	handle:close();
-	return { mibps = assert(tonumber(text:match("mibps=([%d.]+)")), text) };
-end
-
-local function start(label, plugin_paths)
+local function start(label, plugin_paths, global)
 	io.stderr:write("starting Prosody with ", label, " mod_proxy65\n");
 	return prosody.start({
 		hosts = hosts;
 		plugin_paths = plugin_paths;
+		global = global;
 		log_level = "info";
 		accounts = { { "alice", "localhost", "alice" }, { "bob", "localhost", "bob" }, { "carol", "localhost", "carol" } };
 		wait_ports = { "c2s", "proxy65" };
 	});
 end
 
-local builtin = start("the built-in", {});
-local ours = start("our", nil);
-local ok, err = pcall(function ()
-	local rows = {};
-	local idle = {};
-	for label, server in pairs({ builtin = builtin, ours = ours }) do
-		local carol = login(server, "carol");
-		idle[label] = ping_stats(carol, 300);
-		carol:close();
+local servers = {};
+local pingers = {};
+local relay_pid, relay_port;
+
+-- One measurement of `row` in `scenario`; appends its samples to `acc`.
+local function measure(row, scenario, acc)
+	local server = servers[row] or servers.ours or servers.builtin;
+	local pinger = pingers[server];
+	for _ = 1, REST_PINGS do
+		ping_once(pinger, acc.rest);
 	end
+	local bytes = scenario.bytes;
+	local mibps, cpu;
+	if row == "direct" then
+		mibps = run_load(("direct %d %d"):format(bytes, scenario.streams), pinger, acc.load);
+	elseif row == "relay" then
+		local cpu0 = cpu_seconds(relay_pid);
+		mibps = run_load(("pair %d %d %d"):format(relay_port, bytes, scenario.streams), pinger, acc.load);
+		cpu = cpu_seconds(relay_pid) - cpu0;
+	else
+		if row == "builtin" then
+			bytes = math.min(bytes, BUILTIN_MAX_BYTES);
+		end
+		local alice, bob = login(server, "alice"), login(server, "bob");
+		local hashes, sids = {}, {};
+		for i = 1, scenario.streams do
+			sids[i] = ("bench-%d-%d"):format(i, math.random(1e9));
+			hashes[i] = s5.hash(sids[i], alice.jid, bob.jid);
+		end
+		local cpu0;
+		mibps = run_load(("socks5 %d %d %s"):format(server.ports.proxy65, bytes, table.concat(hashes, " ")),
+			pinger, acc.load, function ()
+				cpu0 = server:cpu_seconds();
+				for i = 1, scenario.streams do
+					local reply = assert(alice:request(xmpp.iq({ type = "set", to = "proxy.localhost" })
+						:tag("query", { xmlns = "http://jabber.org/protocol/bytestreams", sid = sids[i] })
+						:tag("activate"):text(bob.jid)));
+					assert(reply.attr.type == "result", tostring(reply));
+				end
+			end);
+		cpu = server:cpu_seconds() - cpu0;
+		alice:close(); bob:close();
+	end
+	table.insert(acc.mibps, mibps);
+	if cpu then
+		table.insert(acc.cpu, cpu / (bytes * scenario.streams / GiB));
+	end
+end
+
+local function has_row(name)
+	for _, row in ipairs(rows) do
+		if row == name then
+			return true;
+		end
+	end
+	return false;
+end
+
+local function fmt(v, pattern)
+	return (v and v == v) and pattern:format(v) or "-";
+end
+
+local ok, err = pcall(function ()
+	if has_row("builtin") then
+		servers.builtin = start("the built-in", {});
+	end
+	if has_row("ours") or not servers.builtin then
+		servers.ours = start("our", nil, os.getenv("BENCH_OPTIONS"));
+	end
+	for _, server in pairs(servers) do
+		pingers[server] = login(server, "carol");
+	end
+	if has_row("relay") then
+		relay_port = prosody.free_port();
+		local h = io.popen(("%s %d >/dev/null 2>&1 & echo $!"):format(RELAY, relay_port));
+		relay_pid = tonumber(h:read("a"):match("%d+"));
+		h:close();
+		socket.sleep(0.2);
+	end
+	local results = {};
 	for _, scenario in ipairs(scenarios) do
-		io.stderr:write("measuring ", scenario.name, "\n");
-		local row = { scenario = scenario };
-		row.direct = direct(scenario);
-		row.builtin = through_proxy(builtin, scenario);
-		row.ours = through_proxy(ours, scenario);
-		table.insert(rows, row);
+		results[scenario] = {};
+		for _, row in ipairs(rows) do
+			results[scenario][row] = { mibps = {}, cpu = {}, rest = {}, load = {} };
+		end
+	end
+	for round = 1, ROUNDS do
+		for _, scenario in ipairs(scenarios) do
+			io.stderr:write(("round %d/%d: %s:"):format(round, ROUNDS, scenario.name));
+			-- Rotate the order, so that no contender always runs first.
+			for i = 0, #rows - 1 do
+				local row = rows[(i + round - 1) % #rows + 1];
+				local acc = results[scenario][row];
+				measure(row, scenario, acc);
+				io.stderr:write((" %s %.0f"):format(row, acc.mibps[#acc.mibps]));
+			end
+			io.stderr:write("\n");
+		end
 	end
 
 	print();
-	print(("%-10s %-18s %10s %12s %18s"):format("streams", "relay", "MiB/s", "CPU-s/GiB", "ping p50/p99 ms"));
-	for _, label in ipairs({ "builtin", "ours" }) do
-		print(("%-10s %-18s %10s %12s %11.2f/%.2f"):format("idle", label == "ours" and "prosody-cproxy" or "built-in",
-			"", "", percentile(idle[label], 0.5), percentile(idle[label], 0.99)));
-	end
-	for _, row in ipairs(rows) do
-		print(("%-10s %-18s %10.0f %12s %18s"):format(row.scenario.name, "direct loopback", row.direct.mibps, "-", "-"));
-		for _, label in ipairs({ "builtin", "ours" }) do
-			local r = row[label];
-			print(("%-10s %-18s %10.0f %12.2f %11.2f/%.2f"):format(row.scenario.name,
-				label == "ours" and "prosody-cproxy" or "built-in", r.mibps, r.cpu_per_gib, r.p50, r.p99));
+	print(("%d rounds, medians; pings pooled over the rounds, at rest just before each transfer and during it;"
+		.. " load generator at nice %d"):format(ROUNDS, LOADGEN_NICE));
+	print(("%-10s %-18s %8s %10s %16s %16s"):format("streams", "relay", "MiB/s", "CPU-s/GiB",
+		"rest p50/p99 ms", "load p50/p99 ms"));
+	for _, scenario in ipairs(scenarios) do
+		local med = {};
+		for _, row in ipairs(rows) do
+			local r = results[scenario][row];
+			med[row] = { mibps = median(r.mibps), cpu = median(r.cpu) };
+			print(("%-10s %-18s %8.0f %10s %16s %16s"):format(scenario.name, ROW_NAMES[row], med[row].mibps,
+				fmt(med[row].cpu, "%.2f"),
+				fmt(percentile(r.rest, 0.5), "%.2f") .. "/" .. fmt(percentile(r.rest, 0.99), "%.2f"),
+				fmt(percentile(r.load, 0.5), "%.2f") .. "/" .. fmt(percentile(r.load, 0.99), "%.2f")));
 		end
-		print(("%-10s ours/built-in %.1fx throughput, %.1fx less CPU per GiB; ours/direct %.2fx"):format(
-			row.scenario.name, row.ours.mibps / row.builtin.mibps,
-			row.builtin.cpu_per_gib / row.ours.cpu_per_gib, row.ours.mibps / row.direct.mibps));
+		if med.ours then
+			local parts = {};
+			for _, other in ipairs({ "relay", "builtin", "direct" }) do
+				if med[other] then
+					table.insert(parts, ("%.2fx %s"):format(med.ours.mibps / med[other].mibps, other));
+				end
+			end
+			local r = results[scenario].ours;
+			table.insert(parts, ("ping p99 load/rest %.2fx"):format(percentile(r.load, 0.99) / percentile(r.rest, 0.99)));
+			print(("%-10s ours: %s"):format(scenario.name, table.concat(parts, ", ")));
+		end
 	end
 end);
-builtin:stop();
-ours:stop();
+for _, pinger in pairs(pingers) do
+	pinger:close();
+end
+for _, server in pairs(servers) do
+	server:stop();
+end
+if relay_pid then
+	os.execute("kill " .. relay_pid);
+end
 if not ok then
 	error(err, 0);
 end

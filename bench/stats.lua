@@ -10,4 +10,15 @@ function M.percentile(samples, p)
 	return samples[math.max(1, math.ceil(#samples * p))];
 end
 
+-- The median of samples (the mean of the middle two for an even count).
+function M.median(samples)
+	local n = #samples;
+	if n == 0 then
+		return 0 / 0;
+	end
+	table.sort(samples);
+	local mid = n // 2;
+	return n % 2 == 1 and samples[mid + 1] or (samples[mid] + samples[mid + 1]) / 2;
+end
+
 return M;

@@ -37,6 +37,7 @@ local global_options = {
 	"proxy65_buffer_size", "proxy65_idle_timeout", "proxy65_socket_buffer",
 	"proxy65_max_connections", "proxy65_max_connections_per_ip", "proxy65_max_transfers_per_user",
 	"proxy65_rate_limit", "proxy65_total_rate_limit", "proxy65_max_transfer_bytes",
+	"proxy65_relay_nice",
 };
 -- An engine option, within the bounds the C engine defines and exports.
 local function engine_option(name, field, default)
@@ -51,13 +52,14 @@ local service_options = {
 	max_connections_per_ip = options.number(module, "proxy65_max_connections_per_ip", defaults.max_connections_per_ip, 0, math.huge, true);
 	max_transfers_per_user = options.number(module, "proxy65_max_transfers_per_user", defaults.max_transfers_per_user, 0, math.huge, true);
 	engine = {
-		mode = options.choice(module, "proxy65_relay_mode", "splice", { "splice", "copy" });
+		mode = options.choice(module, "proxy65_relay_mode", "copy", { "copy", "splice" });
 		buffer_size = engine_option("proxy65_buffer_size", "buffer_size");
 		idle_timeout = engine_option("proxy65_idle_timeout", "idle_timeout", 300);
 		sockbuf = engine_option("proxy65_socket_buffer", "sockbuf");
 		rate_limit = engine_option("proxy65_rate_limit", "rate_limit");
 		total_rate_limit = engine_option("proxy65_total_rate_limit", "total_rate_limit");
 		max_bytes = engine_option("proxy65_max_transfer_bytes", "max_bytes");
+		nice = engine_option("proxy65_relay_nice", "nice", 10);
 	};
 };
 

@@ -290,6 +290,53 @@ describe("cproxy.core.engine", function ()
 		assert.has_error(function () core.engine({ max_bytes = "lots" }) end);
 	end);
 
+	-- The nice value of each thread of this process, from /proc.
+	local function thread_nices()
+		local pid = io.open("/proc/self/stat"):read("a"):match("^%d+");
+		local nices = {};
+		local ls = io.popen("ls /proc/" .. pid .. "/task");
+		for tid in ls:lines() do
+			local f = io.open("/proc/" .. pid .. "/task/" .. tid .. "/stat");
+			if f then
+				local fields = {};
+				for field in f:read("a"):gsub("^.*%) ", ""):gmatch("%S+") do
+					table.insert(fields, field);
+				end
+				f:close();
+				nices[tonumber(tid)] = tonumber(fields[17]);
+			end
+		end
+		ls:close();
+		return nices, nices[tonumber(pid)];
+	end
+
+	it("runs its thread nicer than the process by `nice`, and applies a new value (#18)", function ()
+		local engine = assert(core.engine({ nice = 3 }));
+		local a, b = relayed_pair(engine); -- starts the thread
+		local function engine_thread_has(value)
+			local deadline = socket.gettime() + 5;
+			repeat
+				local nices = thread_nices();
+				for _, nice in pairs(nices) do
+					if nice == value then
+						return true;
+					end
+				end
+				socket.sleep(0.02);
+			until socket.gettime() > deadline;
+			return false;
+		end
+		local _, base = thread_nices();
+		assert.is_true(engine_thread_has(math.min(19, base + 3)));
+		assert.is_true(engine:configure({ nice = 5 }));
+		assert.is_true(engine_thread_has(math.min(19, base + 5)));
+		local _, after = thread_nices();
+		assert.equal(base, after); -- the process's own thread is untouched
+		a:close(); b:close();
+		engine:close();
+		assert.has_error(function () core.engine({ nice = 20 }) end);
+	end);
+
 	it("applies new settings to running relays and those added after", function ()
 		local engine = assert(core.engine({ idle_timeout = 0 }));
 		local a, b = relayed_pair(engine);

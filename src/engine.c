@@ -30,7 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
@@ -81,7 +83,8 @@ struct engine {
 	struct relay_buffer next_buf;	/* from engine_configure, for the thread */
 	int next_idle_timeout_ms;
 	uint64_t next_total_rate;
-	int reconfigure;	/* the three above are waiting to be taken */
+	int next_nice;
+	int reconfigure;	/* the fields above are waiting to be taken */
 	uint64_t cancel[CANCEL_MAX];	/* relays engine_cancel() asked to end */
 	size_t n_cancel;
 	/* engine_list(): the owner asks, the thread fills and signals. */
@@ -109,6 +112,7 @@ struct engine {
 	struct entry *run_head, *run_tail;
 	struct relay_buffer buf;
 	struct bucket total;	/* the limit of all relays together */
+	int base_nice;	/* the process's nice value when the thread started */
 	int limited;	/* relays waiting for bandwidth */
 	int64_t unlimit_at_us;	/* when to give them another turn */
 };
@@ -230,6 +234,27 @@ watch(struct engine *e, struct entry *en, int side)
 	return epoll_ctl(e->epfd, EPOLL_CTL_ADD, en->relay.fd[side], &ev) < 0 ? errno : 0;
 }
 
+/*
+ * Why the relay thread may run nicer than Prosody's: both share the
+ * machine's cores, and a thread copying at full speed is never idle. At
+ * equal weight a stanza's wake-up competes with it for a core; with a
+ * lower weight the scheduler favours Prosody's thread. On Linux,
+ * setpriority(PRIO_PROCESS, tid) affects this one thread. Where the
+ * scheduler groups Prosody's threads (a cgroup with the cpu controller, or
+ * the kernel's autogroup of a session, as a systemd service has), the
+ * thread yields to Prosody's own thread, not to the rest of the machine.
+ * Best effort: an unprivileged process may raise its nice value but not
+ * lower it again.
+ */
+static void
+set_priority(struct engine *e)
+{
+	int value = e->base_nice + e->cfg.nice;
+
+	value = value > 19 ? 19 : value;
+	(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), value);
+}
+
 /* Takes the relays handed over since the last wake-up. Returns stopping. */
 static int
 take_incoming(struct engine *e)
@@ -246,6 +271,10 @@ take_incoming(struct engine *e)
 	if (e->reconfigure) {
 		e->cfg.idle_timeout_ms = e->next_idle_timeout_ms;
 		bucket_set_rate(&e->total, e->next_total_rate, now_us());
+		if (e->next_nice != e->cfg.nice) {
+			e->cfg.nice = e->next_nice;
+			set_priority(e);
+		}
 		if (e->next_buf.data) {
 			old = e->buf;
 			e->buf = e->next_buf;
@@ -436,6 +465,7 @@ engine_main(void *arg)
 	struct epoll_event events[MAX_EVENTS];
 	int64_t next_sweep = now_ms() + SWEEP_INTERVAL_MS;
 
+	set_priority(e);
 	for (;;) {
 		int timeout = -1;
 		if (e->run_head) {
@@ -518,6 +548,11 @@ start_thread(struct engine *e)
 	/* Signals belong to the host's main thread: block them all here. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
+	errno = 0;
+	e->base_nice = getpriority(PRIO_PROCESS, 0);
+	if (errno != 0) {
+		e->base_nice = 0;
+	}
 	err = pthread_create(&e->thread, NULL, engine_main, e);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (err == 0) {
@@ -659,6 +694,7 @@ engine_configure(struct engine *e, const struct engine_config *cfg)
 	e->cfg.max_bytes = cfg->max_bytes;
 	if (!e->thread_started) {
 		e->cfg.idle_timeout_ms = cfg->idle_timeout_ms;
+		e->cfg.nice = cfg->nice;
 		bucket_set_rate(&e->total, cfg->total_rate_limit, now_us());
 		if (buf.data) {
 			free(e->buf.data);
@@ -672,6 +708,7 @@ engine_configure(struct engine *e, const struct engine_config *cfg)
 	e->next_buf = buf;
 	e->next_idle_timeout_ms = cfg->idle_timeout_ms;
 	e->next_total_rate = cfg->total_rate_limit;
+	e->next_nice = cfg->nice;
 	e->reconfigure = 1;
 	pthread_mutex_unlock(&e->lock);
 	signal_fd(e->wakefd);

@@ -23,6 +23,7 @@ struct engine_config {
 	uint64_t rate_limit;	/* bytes/s of each relay, both ways; 0: none */
 	uint64_t total_rate_limit;	/* bytes/s of all relays together; 0: none */
 	uint64_t max_bytes;	/* a relay moving more is aborted; 0: no cap */
+	int nice;	/* the relay thread runs this much nicer than its process */
 };
 
 struct engine_result {
@@ -48,8 +49,9 @@ struct engine *engine_new(const struct engine_config *cfg, int *err);
 /*
  * Change the settings for what comes next: mode, socket buffers, the rate
  * limit and the size cap apply to relays added from now on; the idle
- * timeout, the total rate limit and the copy buffer to all relays, from
- * the thread's next turn. Returns 0 or an errno value.
+ * timeout, the total rate limit, the copy buffer and the thread's nice
+ * value to all relays, from the thread's next turn. Returns 0 or an errno
+ * value.
  */
 int engine_configure(struct engine *e, const struct engine_config *cfg);
 

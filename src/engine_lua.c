@@ -28,9 +28,14 @@ static const struct limit limits[] = {
 	{ "rate_limit", 0, 0, (lua_Integer)1 << 34 },
 	{ "total_rate_limit", 0, 0, (lua_Integer)1 << 34 },
 	{ "max_bytes", 0, 0, (lua_Integer)1 << 53 },
+	/* The relay thread's nice value, relative to none (0). */
+	{ "nice", 0, 0, 19 },
 };
 
-enum { LIMIT_BUFFER_SIZE, LIMIT_IDLE_TIMEOUT, LIMIT_SOCKBUF, LIMIT_RATE, LIMIT_TOTAL_RATE, LIMIT_MAX_BYTES };
+enum {
+	LIMIT_BUFFER_SIZE, LIMIT_IDLE_TIMEOUT, LIMIT_SOCKBUF, LIMIT_RATE, LIMIT_TOTAL_RATE, LIMIT_MAX_BYTES,
+	LIMIT_NICE
+};
 
 struct engine_ud {
 	struct engine *engine;	/* NULL once closed */
@@ -89,7 +94,7 @@ check_config(lua_State *L, int t, struct engine_config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 	if (lua_isnoneornil(L, t)) {
 		cfg->buffer_size = 4 << 20;
-		cfg->mode = RELAY_SPLICE;
+		cfg->mode = RELAY_COPY;
 		return;
 	}
 	luaL_checktype(L, t, LUA_TTABLE);
@@ -99,14 +104,16 @@ check_config(lua_State *L, int t, struct engine_config *cfg)
 	cfg->rate_limit = (uint64_t)opt_limit(L, t, &limits[LIMIT_RATE]);
 	cfg->total_rate_limit = (uint64_t)opt_limit(L, t, &limits[LIMIT_TOTAL_RATE]);
 	cfg->max_bytes = (uint64_t)opt_limit(L, t, &limits[LIMIT_MAX_BYTES]);
+	cfg->nice = (int)opt_limit(L, t, &limits[LIMIT_NICE]);
 	lua_getfield(L, t, "mode");
-	cfg->mode = (enum relay_mode)luaL_checkoption(L, -1, "splice", modes);
+	cfg->mode = (enum relay_mode)luaL_checkoption(L, -1, "copy", modes);
 	lua_pop(L, 1);
 }
 
 /*
- * engine{ buffer_size=, mode="splice"|"copy", idle_timeout=seconds, sockbuf=,
- *   rate_limit=, total_rate_limit= (bytes/s), max_bytes= } -> engine | nil, err, errno
+ * engine{ buffer_size=, mode="copy"|"splice", idle_timeout=seconds, sockbuf=,
+ *   rate_limit=, total_rate_limit= (bytes/s), max_bytes=, nice=0..19 }
+ *   -> engine | nil, err, errno
  */
 static int
 l_new(lua_State *L)

@@ -43,7 +43,7 @@ local OPTIONS = {
 	{ "rate-limit", "integer", 0, "bytes/s of each bytestream; 0: no limit" },
 	{ "total-rate-limit", "integer", 0, "bytes/s of all bytestreams; 0: no limit" },
 	{ "max-transfer-bytes", "integer", 0, "bytes one bytestream may move; 0: no limit" },
-	{ "relay-mode", "string", "splice", "splice or copy" },
+	{ "relay-mode", "string", "copy", "copy or splice" },
 	{ "retry", "boolean", false, "keep trying when the server is unreachable or refuses at start" },
 	{ "log-level", "string", "info", "debug, info, warn or error" },
 	{ "config", "string", nil, "a file of option = value lines (Lua syntax, names with underscores)" },
@@ -272,7 +272,7 @@ function M.main(args, env)
 		return 2;
 	end
 	if opts["relay-mode"] ~= "splice" and opts["relay-mode"] ~= "copy" then
-		io.stderr:write("proxy65: --relay-mode must be splice or copy\n");
+		io.stderr:write("proxy65: --relay-mode must be copy or splice\n");
 		return 2;
 	end
 	local jid = jid_prep(opts.jid);
