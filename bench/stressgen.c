@@ -267,6 +267,15 @@ transfers(int port, uint64_t seed, int n, char **hashes)
 			}
 		}
 	}
+	for (int i = 0; i < n && remaining > 0; i++) {
+		struct flow *f = &flows[i];
+		if (!f->recv_done) {
+			printf("stalled stream %llu: ending %d, sent %llu (%s), received %llu of %llu bytes\n",
+			    (unsigned long long)f->id, (int)f->ending, (unsigned long long)f->sent,
+			    f->send_done ? "done" : "not done", (unsigned long long)f->received,
+			    (unsigned long long)f->size);
+		}
+	}
 	printf("result streams=%d intact=%d aborted=%d aborted_closed=%d close_reset=%d corrupt=%d stalled=%d"
 	    " bytes=%llu seconds=%.2f\n", n, intact, aborted, aborted_closed, close_reset, corrupt, remaining,
 	    (unsigned long long)bytes, now() - start);

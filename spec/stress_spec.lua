@@ -151,7 +151,7 @@ describe("proxy65 stress #slow #integration", function ()
 		assert.equal(1000, result.intact + result.aborted + result.close_reset);
 		assert.equal(result.aborted, result.aborted_closed);
 		assert.truthy(result.aborted > 50, "too few aborted streams to mean anything");
-		assert.equal(fds, settle_fds(server, fds));
+		assert.truthy(settle_fds(server, fds) <= fds, "Prosody holds more fds than before");
 		server:shell("collectgarbage('collect')");
 		local after = server:rss_kib();
 		print(("RSS %d KiB before, %d KiB after"):format(rss, after));
@@ -192,7 +192,7 @@ describe("proxy65 stress #slow #integration", function ()
 		local open = wait("result open=(%d+)", 30);
 		assert.equal(10000, tonumber(open));
 		os.remove(out); os.remove(stdin); os.remove(stdin .. ".fifo");
-		assert.equal(fds, settle_fds(server, fds, 30));
+		assert.truthy(settle_fds(server, fds, 30) <= fds, "Prosody holds more fds than before");
 	end);
 
 	it("cuts 2,000 slowloris connections at the handshake timeout, at little cost to a transfer", function ()
