@@ -26,9 +26,7 @@ describe("mod_proxy65 under prosodyctl start #integration", function ()
 	end);
 
 	teardown(function ()
-		if alice then alice:close(); end
-		if bob then bob:close(); end
-		if server then server:stop(); end
+		bs.stop(server, alice, bob);
 	end);
 
 	it("runs daemonized, in a process other than the one that loaded the module", function ()

@@ -80,9 +80,7 @@ Component "proxy.example.com" "proxy65"
 	end);
 
 	teardown(function ()
-		if alice then alice:close(); end
-		if bob then bob:close(); end
-		if server then server:stop(); end
+		bs.stop(server, alice, bob);
 	end);
 
 	it("closes a connection that sends nothing within proxy65_handshake_timeout", function ()
@@ -296,9 +294,7 @@ describe("mod_proxy65 bandwidth limits #integration", function ()
 	end);
 
 	teardown(function ()
-		if alice then alice:close(); end
-		if bob then bob:close(); end
-		if server then server:stop(); end
+		bs.stop(server, alice, bob);
 	end);
 
 	it("relays intact under proxy65_rate_limit and proxy65_total_rate_limit", function ()

@@ -49,9 +49,7 @@ describe("mod_proxy65 with wrong-typed options #integration", function ()
 	end);
 
 	teardown(function ()
-		if alice then alice:close(); end
-		if bob then bob:close(); end
-		if server then server:stop(); end
+		bs.stop(server, alice, bob);
 	end);
 
 	for option, shown in pairs({
@@ -99,9 +97,7 @@ describe("mod_proxy65 with out-of-range options #integration", function ()
 	end);
 
 	teardown(function ()
-		if alice then alice:close(); end
-		if bob then bob:close(); end
-		if server then server:stop(); end
+		bs.stop(server, alice, bob);
 	end);
 
 	for option, clamped in pairs({
@@ -139,9 +135,7 @@ describe("mod_proxy65 reloaded with new options #integration", function ()
 	end);
 
 	teardown(function ()
-		if alice then alice:close(); end
-		if bob then bob:close(); end
-		if server then server:stop(); end
+		bs.stop(server, alice, bob);
 	end);
 
 	it("applies a new idle timeout, relay mode and buffer sizes to the relays after it", function ()

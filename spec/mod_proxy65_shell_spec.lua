@@ -31,9 +31,7 @@ describe("mod_proxy65's shell command proxy65:status() #integration", function (
 	end);
 
 	teardown(function ()
-		if alice then alice:close(); end
-		if bob then bob:close(); end
-		if server then server:stop(); end
+		bs.stop(server, alice, bob);
 	end);
 
 	local function status()

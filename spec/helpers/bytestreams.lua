@@ -26,6 +26,20 @@ function M.activation(sid, target_jid, to)
 	return query;
 end
 
+-- Closes the clients given, then stops the server (each may be nil: a
+-- setup that failed half-way leaves some unset).
+function M.stop(server, ...)
+	for i = 1, select("#", ...) do
+		local client = select(i, ...);
+		if client then
+			client:close();
+		end
+	end
+	if server then
+		server:stop();
+	end
+end
+
 -- The type and condition of an error reply.
 function M.error_of(reply)
 	assert(reply.attr.type == "error", tostring(reply));
