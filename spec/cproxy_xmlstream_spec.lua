@@ -137,6 +137,23 @@ describe("cproxy.core.xmlstream", function ()
 			assert.same({ nil, "stanza-too-big", "policy-violation" }, { parse({ input:sub(1, 300), input:sub(301) }, { max_stanza = 1024 }) });
 		end);
 
+		-- Found by spec/fuzz/fuzz_xmlstream.c in CI (#21): junk after the
+		-- stream's end tag was refused byte by byte but, fed whole, held by
+		-- expat as a partial token. Nothing after the end is parsed now.
+		it("parses nothing after the stream's end tag, however it is split (#21)", function ()
+			local f = assert(io.open("spec/fuzz/corpus/xmlstream/junk-after-end", "rb"));
+			local input = f:read("a");
+			f:close();
+			local whole = assert(parse({ input }));
+			for at = 1, #input - 1 do
+				assert.equal(whole, parse({ input:sub(1, at), input:sub(at + 1) }), "split at " .. at);
+			end
+			local parser = core.xmlstream();
+			local events = assert(parser:feed(DOC .. "<junk>\0 & more"));
+			assert.equal("end", events[#events].event);
+			assert.same({}, assert(parser:feed("<message/>")));
+		end);
+
 		it("bounds depth and attribute count as policy-violation", function ()
 			assert.same({ nil, "too-deep", "policy-violation" },
 				{ parse({ STREAM .. ("<a>"):rep(10) }, { max_depth = 8 }) });

@@ -106,10 +106,11 @@ on_end(void *ud, const XML_Char *qname)
 		stop(x, XMLSTREAM_NO_MEMORY);
 		return;
 	}
-	if (x->depth == 1) {
-		x->ended = 1;
-	}
 	x->depth--;
+	if (x->depth == 0) {
+		x->ended = 1;
+		XML_StopParser(x->parser, XML_FALSE);
+	}
 }
 
 static void XMLCALL
@@ -196,7 +197,7 @@ xmlstream_feed(struct xmlstream *x, const char *data, size_t len)
 	if (x->error) {
 		return x->error;
 	}
-	while (len > 0) {
+	while (len > 0 && !x->ended) {
 		/*
 		 * Stop one byte past the bound, wherever the caller's chunks end
 		 * (see the top of this file); expat takes an int length, so no
@@ -215,6 +216,9 @@ xmlstream_feed(struct xmlstream *x, const char *data, size_t len)
 		data += piece;
 		len -= piece;
 		if (status != XML_STATUS_OK) {
+			if (x->ended && x->error == XMLSTREAM_OK) {
+				break;	/* stopped at the stream's end tag */
+			}
 			if (x->error == XMLSTREAM_OK) {
 				x->error = XML_GetErrorCode(x->parser) == XML_ERROR_NO_MEMORY
 				    ? XMLSTREAM_NO_MEMORY : XMLSTREAM_NOT_WELL_FORMED;

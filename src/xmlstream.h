@@ -69,7 +69,9 @@ int xmlstream_init(struct xmlstream *x, const struct xmlstream_callbacks *cb);
 
 /*
  * Parses len bytes. Returns XMLSTREAM_OK, or the error that ended the
- * stream (then nothing more may be fed).
+ * stream (then nothing more may be fed). Bytes after the stream's end tag
+ * are not parsed: the stream is over, and whether expat would call them
+ * an error depends on where the chunks fall.
  */
 enum xmlstream_error xmlstream_feed(struct xmlstream *x, const char *data, size_t len);
 
