@@ -82,6 +82,28 @@ describe("cproxy.core.xmlstream", function ()
 			assert.same({ nil, "not-well-formed", "not-well-formed" }, { parse({ STREAM .. "<iq \0/>" }) });
 		end);
 
+		-- Found by spec/fuzz/fuzz_xmlstream.c (#21): how much of a broken
+		-- stanza expat passed on before the error depended on the split; what
+		-- a reader gets must not.
+		it("gives, with an error, the stanzas complete before it, however split (#21)", function ()
+			local input = STREAM .. "<message id='1'/><message id='2'><body>a]]]]W]]]>2</body></message>";
+			for at = 1, #input - 1 do
+				local parser = core.xmlstream();
+				local got = {};
+				for _, chunk in ipairs({ input:sub(1, at), input:sub(at + 1) }) do
+					local events, reason, condition, before = parser:feed(chunk);
+					for _, event in ipairs(events or before) do
+						table.insert(got, event.event == "header" and "header" or event.attr.id);
+					end
+					if not events then
+						assert.same({ "not-well-formed", "not-well-formed" }, { reason, condition });
+						break;
+					end
+				end
+				assert.same({ "header", "1" }, got, "split at " .. at);
+			end
+		end);
+
 		it("refuses comments, processing instructions and DTDs as restricted-xml", function ()
 			for _, bad in ipairs({ STREAM .. "<!-- hi -->", STREAM .. "<?pi x?>",
 				"<!DOCTYPE s [<!ENTITY a 'aaaa'>]>" .. STREAM }) do

@@ -170,12 +170,14 @@ l_new(lua_State *L)
 }
 
 /*
- * (parser, data) -> events | nil, reason, condition
+ * (parser, data) -> events | nil, reason, condition, events
  * events: a list of { event = "header", name=, attr= } (the stream's
  * opening tag), { event = "stanza", name=, attr=, tags=, ... } and
  * { event = "end" }. On failure, reason is a fixed token (see
  * xmlstream_error_name) and condition the RFC 6120 stream error to send;
- * the parser is then dead.
+ * events then holds what was complete before the error, so that a reader
+ * sees the same stanzas however the bytes were split. The parser is then
+ * dead.
  */
 static int
 l_feed(lua_State *L)
@@ -221,7 +223,8 @@ l_feed(lua_State *L)
 		lua_pushnil(L);
 		lua_pushstring(L, xmlstream_error_name(err));
 		lua_pushstring(L, xmlstream_error_condition(err));
-		return 3;
+		lua_pushvalue(L, top);
+		return 4;
 	}
 	u->ready = 1;
 	return 1;

@@ -63,12 +63,22 @@ function component_mt:stream_error(condition, text)
 end
 
 function component_mt:incoming(data)
-	local events, reason, condition = self.parser:feed(data);
+	local events, reason, condition, before = self.parser:feed(data);
 	if not events then
+		-- What was complete before the error is handled first, as if it had
+		-- come in a read of its own.
+		self:handle(before);
+		if not self.conn then
+			return;
+		end
 		self.log("error", "Closing the stream: the server sent invalid XML (%s)", reason);
 		self.failure = "invalid XML from the server (" .. reason .. ")";
 		return self:stream_error(condition);
 	end
+	self:handle(events);
+end
+
+function component_mt:handle(events)
 	for _, event in ipairs(events) do
 		if not self.conn then
 			return;
