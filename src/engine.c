@@ -186,6 +186,15 @@ finish(struct engine *e, struct entry *en, int timed_out)
 	if (en->limited_since_us) {
 		e->limited--;
 	}
+	if (timed_out && en->relay.error == 0) {
+		/*
+		 * An idle relay did not end: reset both sides like a broken one,
+		 * so that neither peer takes what it got for the whole stream. A
+		 * peer whose reset was lost on the way (it is sent only once)
+		 * leaves its relay idle, and ends here.
+		 */
+		en->relay.error = ETIMEDOUT;
+	}
 	res.id = en->id;
 	res.bytes[0] = en->relay.dir[0].bytes;
 	res.bytes[1] = en->relay.dir[1].bytes;
