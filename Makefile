@@ -96,17 +96,19 @@ check-prosody13: deps all
 # Slow specs: long transfers and many concurrent ones.
 LOADGEN = $(BUILD)/loadgen
 STRESSGEN = $(BUILD)/stressgen
-$(STRESSGEN): bench/stressgen.c
+# The load generators share their client side (bench/client.c).
+BENCH_CLIENT = bench/client.c bench/client.h
+$(STRESSGEN): bench/stressgen.c $(BENCH_CLIENT)
 	@mkdir -p $(dir $@)
-	$(CC) $(WARN) $(CFLAGS) -o $@ bench/stressgen.c
+	$(CC) $(WARN) $(CFLAGS) -o $@ bench/stressgen.c bench/client.c
 
 stress: WERROR = -Werror
 stress: deps all $(STRESSGEN) $(LOADGEN)
 	@bash tools/run-specs $(BUSTED) --run=stress
 
-$(LOADGEN): bench/loadgen.c
+$(LOADGEN): bench/loadgen.c $(BENCH_CLIENT)
 	@mkdir -p $(dir $@)
-	$(CC) $(WARN) $(CFLAGS) -o $@ bench/loadgen.c
+	$(CC) $(WARN) $(CFLAGS) -o $@ bench/loadgen.c bench/client.c
 
 RELAY = $(BUILD)/relay
 $(RELAY): bench/relay.c

@@ -25,8 +25,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "client.h"
 
 #define CHUNK (1u << 20)
 #define RECV_BUF (4u << 20)
@@ -41,87 +42,6 @@ struct stream {
 static uint64_t total_bytes;
 static unsigned char *send_buf, *recv_buf;
 
-static double
-now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void
-die(const char *what)
-{
-	fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
-
-static int
-connect_to(int port)
-{
-	struct sockaddr_in sa;
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-	if (fd < 0) {
-		die("socket");
-	}
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t)port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		die("connect");
-	}
-	return fd;
-}
-
-static void
-read_exactly(int fd, unsigned char *buf, size_t n)
-{
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t r = read(fd, buf + got, n - got);
-		if (r <= 0) {
-			die("SOCKS5 reply");
-		}
-		got += (size_t)r;
-	}
-}
-
-static int
-socks5_connect(int port, const char *hash)
-{
-	unsigned char req[64], reply[64];
-	size_t len = strlen(hash);
-	int fd = connect_to(port);
-
-	if (len != 40) {
-		errno = EINVAL;
-		die("hash length");
-	}
-	if (write(fd, "\5\1\0", 3) != 3) {
-		die("greeting");
-	}
-	read_exactly(fd, reply, 2);
-	if (reply[0] != 5 || reply[1] != 0) {
-		errno = EPROTO;
-		die("greeting refused");
-	}
-	memcpy(req, "\5\1\0\3\50", 5);
-	memcpy(req + 5, hash, 40);
-	req[45] = req[46] = 0;
-	if (write(fd, req, 47) != 47) {
-		die("request");
-	}
-	read_exactly(fd, reply, 47);
-	if (reply[1] != 0) {
-		errno = EPROTO;
-		die("request refused");
-	}
-	return fd;
-}
-
 static void
 direct_pair(int *a, int *b)
 {
@@ -134,12 +54,12 @@ direct_pair(int *a, int *b)
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(l, 4) < 0
 	    || getsockname(l, (struct sockaddr *)&sa, &len) < 0) {
-		die("listen");
+		client_die("listen");
 	}
-	*a = connect_to(ntohs(sa.sin_port));
+	*a = client_connect(ntohs(sa.sin_port));
 	*b = accept(l, NULL, NULL);
 	if (*b < 0) {
-		die("accept");
+		client_die("accept");
 	}
 	close(l);
 }
@@ -152,7 +72,7 @@ watch(int ep, int fd, uint32_t events, uint64_t tag)
 
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &flags, sizeof(flags));
 	if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
-		die("epoll_ctl");
+		client_die("epoll_ctl");
 	}
 }
 
@@ -181,8 +101,8 @@ main(int argc, char **argv)
 			return 2;
 		}
 		for (int i = 0; i < n; i++) {
-			streams[i].recv_fd = socks5_connect(port, argv[4 + i]);	/* target */
-			streams[i].send_fd = socks5_connect(port, argv[4 + i]);	/* initiator */
+			streams[i].recv_fd = client_socks5(port, argv[4 + i]);	/* target */
+			streams[i].send_fd = client_socks5(port, argv[4 + i]);	/* initiator */
 		}
 	} else if (argc >= 5 && strcmp(argv[1], "pair") == 0) {
 		int port = atoi(argv[2]);
@@ -192,8 +112,8 @@ main(int argc, char **argv)
 			return 2;
 		}
 		for (int i = 0; i < n; i++) {
-			streams[i].recv_fd = connect_to(port);
-			streams[i].send_fd = connect_to(port);
+			streams[i].recv_fd = client_connect(port);
+			streams[i].send_fd = client_connect(port);
 		}
 	} else {
 		fprintf(stderr, "usage: loadgen direct BYTES STREAMS | loadgen socks5 PORT BYTES HASH..."
@@ -206,7 +126,7 @@ main(int argc, char **argv)
 	send_buf = malloc(CHUNK);
 	recv_buf = malloc(RECV_BUF);
 	if (!send_buf || !recv_buf) {
-		die("malloc");
+		client_die("malloc");
 	}
 	for (size_t i = 0; i < CHUNK; i++) {
 		send_buf[i] = (unsigned char)(i * 2654435761u >> 13);
@@ -230,7 +150,7 @@ main(int argc, char **argv)
 				ssize_t r = read(s->recv_fd, recv_buf, RECV_BUF);
 				if (r > 0) {
 					if (first == 0) {
-						first = now();
+						first = client_now();
 					}
 					s->received += (uint64_t)r;
 					received_total += (uint64_t)r;
@@ -239,7 +159,7 @@ main(int argc, char **argv)
 					epoll_ctl(ep, EPOLL_CTL_DEL, s->recv_fd, NULL);
 					close(s->recv_fd);
 					remaining--;
-					last = now();
+					last = client_now();
 				}
 			} else if (!s->send_done) {
 				uint64_t left = total_bytes - s->sent;
@@ -248,7 +168,7 @@ main(int argc, char **argv)
 				if (w > 0) {
 					s->sent += (uint64_t)w;
 				} else if (w < 0 && errno != EAGAIN && errno != EINTR) {
-					die("send");
+					client_die("send");
 				}
 				if (s->sent == total_bytes) {
 					s->send_done = 1;

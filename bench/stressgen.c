@@ -20,7 +20,6 @@
  * SPDX-License-Identifier: MIT
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -32,8 +31,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "client.h"
 
 #define MAX_SIZE (8u << 20)
 #define BUF_SIZE (256u << 10)
@@ -56,22 +56,6 @@ struct flow {
 	int send_done, recv_done, corrupt;
 };
 
-static double
-now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void
-die(const char *what)
-{
-	fprintf(stderr, "stressgen: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
-
 static uint64_t
 mix(uint64_t x)
 {
@@ -86,62 +70,6 @@ static unsigned char
 pattern(uint64_t id, uint64_t offset)
 {
 	return (unsigned char)(mix((id << 40) ^ (offset >> 3)) >> ((offset & 7) * 8));
-}
-
-static int
-connect_to(int port)
-{
-	struct sockaddr_in sa;
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-	if (fd < 0) {
-		die("socket");
-	}
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t)port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		die("connect");
-	}
-	return fd;
-}
-
-static void
-read_exactly(int fd, unsigned char *buf, size_t n)
-{
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t r = read(fd, buf + got, n - got);
-		if (r <= 0) {
-			die("SOCKS5 reply");
-		}
-		got += (size_t)r;
-	}
-}
-
-/* A complete SOCKS5 request for hash; the reply is read when `reply`. */
-static int
-socks5(int port, const char *hash, int reply)
-{
-	unsigned char req[50], buf[64];
-	int fd = connect_to(port);
-
-	memcpy(req, "\5\1\0\5\1\0\3\50", 8);
-	memcpy(req + 8, hash, 40);
-	req[48] = req[49] = 0;
-	if (write(fd, req, 50) != 50) {
-		die("request");
-	}
-	if (reply) {
-		read_exactly(fd, buf, 2 + 47);
-		if (buf[1] != 0 || buf[3] != 0) {
-			errno = EPROTO;
-			die("request refused");
-		}
-	}
-	return fd;
 }
 
 static void
@@ -173,7 +101,7 @@ transfers(int port, uint64_t seed, int n, char **hashes)
 	double start, moved, shown;
 
 	if (!flows || !buf || ep < 0) {
-		die("setup");
+		client_die("setup");
 	}
 	for (int i = 0; i < n; i++) {
 		struct flow *f = &flows[i];
@@ -181,8 +109,8 @@ transfers(int port, uint64_t seed, int n, char **hashes)
 		f->id = (uint64_t)i + 1;
 		f->size = r % (MAX_SIZE + 1);
 		f->ending = (r >> 40) % 10 == 0 ? END_RESET : (r >> 40) % 10 == 1 ? END_CLOSE : END_SHUTDOWN;
-		f->recv_fd = socks5(port, hashes[i], 1);
-		f->send_fd = socks5(port, hashes[i], 1);
+		f->recv_fd = client_socks5(port, hashes[i]);
+		f->send_fd = client_socks5(port, hashes[i]);
 		nonblocking(f->recv_fd);
 		nonblocking(f->send_fd);
 	}
@@ -193,15 +121,15 @@ transfers(int port, uint64_t seed, int n, char **hashes)
 		struct epoll_event out = { .events = EPOLLOUT, .data.u64 = (uint64_t)i << 1 };
 		if (epoll_ctl(ep, EPOLL_CTL_ADD, flows[i].recv_fd, &in) < 0
 		    || epoll_ctl(ep, EPOLL_CTL_ADD, flows[i].send_fd, &out) < 0) {
-			die("epoll_ctl");
+			client_die("epoll_ctl");
 		}
 	}
-	start = moved = shown = now();
-	while (remaining > 0 && now() - moved < STALL_SECONDS && now() - start < TOTAL_SECONDS) {
+	start = moved = shown = client_now();
+	while (remaining > 0 && client_now() - moved < STALL_SECONDS && client_now() - start < TOTAL_SECONDS) {
 		struct epoll_event evs[256];
 		int k = epoll_wait(ep, evs, 256, 1000);
-		if (now() - shown >= 30) {
-			shown = now();
+		if (client_now() - shown >= 30) {
+			shown = client_now();
 			printf("progress seconds=%.0f done=%d bytes=%llu\n", shown - start, n - remaining,
 			    (unsigned long long)bytes);
 			fflush(stdout);
@@ -211,7 +139,7 @@ transfers(int port, uint64_t seed, int n, char **hashes)
 			if (evs[j].data.u64 & 1) {
 				ssize_t r = read(f->recv_fd, buf, BUF_SIZE);
 				if (r >= 0) {
-					moved = now();
+					moved = client_now();
 				}
 				if (r > 0) {
 					for (ssize_t b = 0; b < r && !f->corrupt; b++) {
@@ -269,7 +197,7 @@ transfers(int port, uint64_t seed, int n, char **hashes)
 						break;
 					}
 					f->sent += (uint64_t)w;
-					moved = now();
+					moved = client_now();
 				}
 				if (f->sent >= limit) {
 					f->send_done = 1;
@@ -296,7 +224,7 @@ transfers(int port, uint64_t seed, int n, char **hashes)
 	}
 	printf("result streams=%d intact=%d aborted=%d aborted_closed=%d close_reset=%d corrupt=%d stalled=%d"
 	    " bytes=%llu seconds=%.2f\n", n, intact, aborted, aborted_closed, close_reset, corrupt, remaining,
-	    (unsigned long long)bytes, now() - start);
+	    (unsigned long long)bytes, client_now() - start);
 	return remaining == 0 && corrupt == 0 ? 0 : 1;
 }
 
@@ -327,11 +255,11 @@ hold(int port, int n)
 	char hash[41], c;
 
 	if (!fds) {
-		die("calloc");
+		client_die("calloc");
 	}
 	for (int i = 0; i < n; i++) {
 		snprintf(hash, sizeof(hash), "%040llx", (unsigned long long)mix((uint64_t)i + 1));
-		fds[i] = socks5(port, hash, 1);
+		fds[i] = client_socks5(port, hash);
 	}
 	printf("ready\n");
 	fflush(stdout);
@@ -345,19 +273,19 @@ static int
 slow(int port, int n, int seconds)
 {
 	int *fds = calloc((size_t)n, sizeof(*fds));
-	double end = now() + seconds;
+	double end = client_now() + seconds;
 
 	if (!fds) {
-		die("calloc");
+		client_die("calloc");
 	}
 	for (int i = 0; i < n; i++) {
-		fds[i] = connect_to(port);
+		fds[i] = client_connect(port);
 		nonblocking(fds[i]);
 	}
 	printf("ready\n");
 	fflush(stdout);
 	/* One byte a second of a greeting that never ends: \5 then method 0s. */
-	for (int tick = 0; now() < end; tick++) {
+	for (int tick = 0; client_now() < end; tick++) {
 		unsigned char byte = tick == 0 ? 5 : tick == 1 ? 255 : 0;
 		for (int i = 0; i < n; i++) {
 			(void)send(fds[i], &byte, 1, MSG_NOSIGNAL | MSG_DONTWAIT);

@@ -11,25 +11,28 @@ local function failure(rep)
 	return "\5" .. string.char(rep) .. "\0\1\0\0\0\0\0\0";
 end
 
--- Feeds chunks; returns state (or nil), reason, all replies, total used.
+-- Feeds chunks; returns state (or nil), reason, all replies, total used,
+-- and the hash once done.
 local function run(chunks)
 	local parser = core.socks5();
 	local replies, used_total = {}, 0;
 	for _, chunk in ipairs(chunks) do
-		local state, reply, used, reason = parser:feed(chunk);
+		local state, reply, used, reason, hash = parser:feed(chunk);
 		if state == "failed" then
+			assert.is_nil(hash);
 			table.insert(replies, reply);
-			return nil, reason, table.concat(replies), used_total + used, parser;
+			return nil, reason, table.concat(replies), used_total + used;
 		end
 		assert.is_nil(reason);
 		table.insert(replies, reply);
 		used_total = used_total + used;
 		if state == "done" then
 			table.insert(replies, parser:accept());
-			return state, nil, table.concat(replies), used_total, parser;
+			return state, nil, table.concat(replies), used_total, hash;
 		end
+		assert.is_nil(hash);
 	end
-	return parser:state(), nil, table.concat(replies), used_total, parser;
+	return parser:state(), nil, table.concat(replies), used_total;
 end
 
 -- Every way to cut `input` in two, plus one byte at a time.
@@ -54,20 +57,22 @@ describe("cproxy.core.socks5", function ()
 	describe(":feed", function ()
 		it("accepts a greeting and request split at any byte", function ()
 			for _, chunks in ipairs(splittings(GREETING .. REQUEST)) do
-				local state, reason, replies, used, parser = run(chunks);
+				local state, reason, replies, used, hash = run(chunks);
 				assert.equal("done", state, reason);
 				assert.equal("\5\0" .. SUCCESS, replies);
 				assert.equal(#GREETING + #REQUEST, used);
-				assert.equal(HASH, parser:hash());
+				assert.equal(HASH, hash);
 			end
 		end);
 
 		it("leaves pipelined stream bytes to the caller", function ()
 			local parser = core.socks5();
-			local state, reply, used = parser:feed(GREETING .. REQUEST .. "early data");
+			local state, reply, used, reason, hash = parser:feed(GREETING .. REQUEST .. "early data");
 			assert.equal("done", state);
 			assert.equal("\5\0", reply);
 			assert.equal(#GREETING + #REQUEST, used);
+			assert.is_nil(reason);
+			assert.equal(HASH, hash);
 		end);
 
 		it("accepts several methods when one is 'no authentication'", function ()
@@ -80,13 +85,13 @@ describe("cproxy.core.socks5", function ()
 			local parser = core.socks5();
 			assert.equal("greeting", (parser:feed("\5")));
 			assert.equal("request", (parser:feed("\1\0\5\1")));
-			assert.is_nil(parser:hash());
+			assert.equal("request", parser:state());
 		end);
 
 		it("normalises an uppercase hash to lowercase", function ()
-			local state, _, replies, _, parser = run({ GREETING .. "\5\1\0\3\40" .. HASH:upper() .. "\0\0" });
+			local state, _, replies, _, hash = run({ GREETING .. "\5\1\0\3\40" .. HASH:upper() .. "\0\0" });
 			assert.equal("done", state);
-			assert.equal(HASH, parser:hash());
+			assert.equal(HASH, hash);
 			assert.equal("\5\0" .. SUCCESS, replies);
 		end);
 
@@ -137,10 +142,11 @@ describe("cproxy.core.socks5", function ()
 
 		it("stops consuming at the first bad byte", function ()
 			local parser = core.socks5();
-			local state, _, used, reason = parser:feed(GREETING .. "\5\2" .. "more bytes");
+			local state, _, used, reason, hash = parser:feed(GREETING .. "\5\2" .. "more bytes");
 			assert.equal("failed", state);
 			assert.equal("command-not-supported", reason);
 			assert.equal(#GREETING + 2, used);
+			assert.is_nil(hash);
 		end);
 
 		it("raises when fed after a failure", function ()

@@ -14,15 +14,11 @@ describe("mod_proxy65 under prosodyctl start #integration", function ()
 	local server, alice, bob;
 
 	setup(function ()
-		server = prosody.start({
+		server, alice, bob = bs.start({
 			daemonize = true;
 			hosts = "VirtualHost \"localhost\"\nComponent \"proxy.localhost\" \"proxy65\"";
-			accounts = bs.accounts();
 			global = "proxy65_idle_timeout = 2";
-			wait_ports = { "c2s", "proxy65" };
 		});
-		alice = bs.login(server, "alice");
-		bob = bs.login(server, "bob");
 	end);
 
 	teardown(function ()

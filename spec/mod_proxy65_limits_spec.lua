@@ -48,7 +48,7 @@ describe("mod_proxy65 limits #integration", function ()
 
 	setup(function ()
 		metrics_port = prosody.free_port();
-		server = prosody.start({
+		server, alice, bob = bs.start({
 			hosts = [[
 VirtualHost "localhost"
 VirtualHost "other.localhost"
@@ -73,10 +73,7 @@ Component "proxy.example.com" "proxy65"
 				"proxy65_max_transfers_per_user = 1";
 				"proxy65_max_transfer_bytes = 4000000";
 			}, "\n");
-			wait_ports = { "c2s", "proxy65" };
 		});
-		alice = bs.login(server, "alice");
-		bob = bs.login(server, "bob");
 	end);
 
 	teardown(function ()
@@ -283,14 +280,10 @@ describe("mod_proxy65 bandwidth limits #integration", function ()
 	local server, alice, bob;
 
 	setup(function ()
-		server = prosody.start({
+		server, alice, bob = bs.start({
 			hosts = "VirtualHost \"localhost\"\nComponent \"proxy.localhost\" \"proxy65\"";
-			accounts = bs.accounts();
 			global = "proxy65_rate_limit = 4194304\nproxy65_total_rate_limit = 8388608";
-			wait_ports = { "c2s", "proxy65" };
 		});
-		alice = bs.login(server, "alice");
-		bob = bs.login(server, "bob");
 	end);
 
 	teardown(function ()

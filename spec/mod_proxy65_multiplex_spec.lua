@@ -17,25 +17,19 @@ describe("mod_proxy65 on mod_net_multiplex ports #integration", function ()
 		assert(os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost"
 			.. " -keyout %q -out %q >/dev/null 2>&1"):format(certs .. "/key.pem", certs .. "/cert.pem")));
 		plain_port, tls_port = prosody.free_port(), prosody.free_port();
-		server = prosody.start({
+		server, alice, bob = bs.start({
 			hosts = "VirtualHost \"localhost\"\nComponent \"proxy.localhost\" \"proxy65\"";
-			accounts = bs.accounts();
 			global = table.concat({
 				"modules_enabled = { \"roster\", \"saslauth\", \"disco\", \"ping\", \"net_multiplex\" }";
 				("ports = { %d }"):format(plain_port);
 				("ssl_ports = { %d }"):format(tls_port);
 				("ssl = { certificate = %q, key = %q }"):format(certs .. "/cert.pem", certs .. "/key.pem");
 			}, "\n");
-			wait_ports = { "c2s", "proxy65" };
 		});
-		alice = bs.login(server, "alice");
-		bob = bs.login(server, "bob");
 	end);
 
 	teardown(function ()
-		if alice then alice:close(); end
-		if bob then bob:close(); end
-		if server then server:stop(); end
+		bs.stop(server, alice, bob);
 		if certs then os.execute(("rm -rf %q"):format(certs)); end
 	end);
 

@@ -2,7 +2,6 @@
 -- a bad value costs one clear log line and the default, never the module;
 -- a reload applies new relay settings (#16).
 local socket = require "socket";
-local prosody = require "spec.helpers.prosody";
 local s5 = require "spec.helpers.socks5_client";
 local bs = require "spec.helpers.bytestreams";
 
@@ -32,9 +31,8 @@ describe("mod_proxy65 with wrong-typed options #integration", function ()
 	local server, alice, bob;
 
 	setup(function ()
-		server = prosody.start({
+		server, alice, bob = bs.start({
 			hosts = hosts;
-			accounts = bs.accounts();
 			global = table.concat({
 				"proxy65_activation_timeout = \"1m\"";
 				"proxy65_idle_timeout = \"5m\"";
@@ -42,10 +40,7 @@ describe("mod_proxy65 with wrong-typed options #integration", function ()
 				"proxy65_socket_buffer = { 65536, 131072 }";
 				"proxy65_relay_mode = \"fast\"";
 			}, "\n");
-			wait_ports = { "c2s", "proxy65" };
 		});
-		alice = bs.login(server, "alice");
-		bob = bs.login(server, "bob");
 	end);
 
 	teardown(function ()
@@ -82,18 +77,14 @@ describe("mod_proxy65 with out-of-range options #integration", function ()
 	local server, alice, bob;
 
 	setup(function ()
-		server = prosody.start({
+		server, alice, bob = bs.start({
 			hosts = hosts;
-			accounts = bs.accounts();
 			global = table.concat({
 				"proxy65_activation_timeout = 0";
 				"proxy65_buffer_size = 1024.5";
 				"proxy65_idle_timeout = 9999999";
 			}, "\n");
-			wait_ports = { "c2s", "proxy65" };
 		});
-		alice = bs.login(server, "alice");
-		bob = bs.login(server, "bob");
 	end);
 
 	teardown(function ()
@@ -123,15 +114,11 @@ describe("mod_proxy65 reloaded with new options #integration", function ()
 	local server, alice, bob;
 
 	setup(function ()
-		server = prosody.start({
+		server, alice, bob = bs.start({
 			hosts = "VirtualHost \"localhost\"\nComponent \"proxy.localhost\" \"proxy65\"";
-			accounts = bs.accounts();
 			admin = true;
 			global = "proxy65_idle_timeout = 300";
-			wait_ports = { "c2s", "proxy65" };
 		});
-		alice = bs.login(server, "alice");
-		bob = bs.login(server, "bob");
 	end);
 
 	teardown(function ()

@@ -2,7 +2,6 @@
 -- resets, slow receivers and the byte counts of each ended relay.
 -- Negotiation and activation errors are in mod_proxy65_spec.lua.
 local socket = require "socket";
-local prosody = require "spec.helpers.prosody";
 local s5 = require "spec.helpers.socks5_client";
 local bs = require "spec.helpers.bytestreams";
 
@@ -13,8 +12,6 @@ VirtualHost "localhost"
 
 Component "proxy.localhost" "proxy65"
 ]];
-
-local accounts, login = bs.accounts, bs.login;
 
 -- Runs the XEP-0065 negotiation; returns target and initiator sockets and
 -- the stream's sid.
@@ -42,23 +39,17 @@ for _, mode in ipairs({ "copy", "splice" }) do
 		local server, alice, bob;
 
 		setup(function ()
-			server = prosody.start({
+			server, alice, bob = bs.start({
 				hosts = hosts;
-				accounts = accounts();
 				-- Small socket buffers: otherwise the kernel holds seconds of a
 				-- slow transfer past the proxy, whose relay then rightly looks
 				-- idle while the receiver drains them.
 				global = ("proxy65_idle_timeout = 2\nproxy65_socket_buffer = 65536\nproxy65_relay_mode = %q"):format(mode);
-				wait_ports = { "c2s", "proxy65" };
 			});
-			alice = login(server, "alice");
-			bob = login(server, "bob");
 		end);
 
 		teardown(function ()
-			if alice then alice:close(); end
-			if bob then bob:close(); end
-			if server then server:stop(); end
+			bs.stop(server, alice, bob);
 		end);
 
 		-- A reset used to be lost when the reset side's pump waited to read:

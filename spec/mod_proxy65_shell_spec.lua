@@ -20,14 +20,10 @@ describe("mod_proxy65's shell command proxy65:status() #integration", function (
 	local server, alice, bob;
 
 	setup(function ()
-		server = prosody.start({
+		server, alice, bob = bs.start({
 			hosts = "VirtualHost \"localhost\"\nComponent \"proxy.localhost\" \"proxy65\"";
-			accounts = bs.accounts();
 			admin = true;
-			wait_ports = { "c2s", "proxy65" };
 		});
-		alice = bs.login(server, "alice");
-		bob = bs.login(server, "bob");
 	end);
 
 	teardown(function ()

@@ -1,11 +1,9 @@
 -- mod_proxy65 in a real Prosody, driven by real XMPP clients and SOCKS5
 -- sockets over loopback: negotiation, activation errors, and transfers.
 local socket = require "socket";
-local prosody = require "spec.helpers.prosody";
 local xmpp = require "spec.helpers.xmpp_client";
 local s5 = require "spec.helpers.socks5_client";
 local st = require "util.stanza";
-
 local bs = require "spec.helpers.bytestreams";
 
 local xmlns_bytestreams = bs.xmlns;
@@ -21,29 +19,22 @@ Component "acl.localhost" "proxy65"
 	proxy65_acl = { "bob@localhost" }
 ]];
 
-local accounts, login, activation = bs.accounts, bs.login, bs.activation;
-local error_of, open_stream = bs.error_of, bs.open_stream;
+local activation, error_of, open_stream = bs.activation, bs.error_of, bs.open_stream;
 
 local function run_suite(backend)
 	describe("mod_proxy65 on the " .. backend .. " backend #integration", function ()
 		local server, alice, bob;
 
 		setup(function ()
-			server = prosody.start({
+			server, alice, bob = bs.start({
 				hosts = hosts;
-				accounts = accounts();
 				backend = backend;
 				global = "proxy65_activation_timeout = 3";
-				wait_ports = { "c2s", "proxy65" };
 			});
-			alice = login(server, "alice");
-			bob = login(server, "bob");
 		end);
 
 		teardown(function ()
-			if alice then alice:close(); end
-			if bob then bob:close(); end
-			if server then server:stop(); end
+			bs.stop(server, alice, bob);
 		end);
 
 		it("announces a bytestreams proxy in disco#info", function ()

@@ -82,18 +82,14 @@ describe("standalone proxy65 #integration", function ()
 	local server, component, alice, bob;
 
 	setup(function ()
-		server = prosody.start({ hosts = hosts(), accounts = bs.accounts(), wait_ports = { "c2s", "component" } });
+		server, alice, bob = bs.start({ hosts = hosts(), wait_ports = { "c2s", "component" } });
 		component = start_component({ rport = server.ports.component });
 		assert(component.wait_log("Connected to 127%.0%.0%.1 as proxy%.localhost"), component.log());
-		alice = bs.login(server, "alice");
-		bob = bs.login(server, "bob");
 	end);
 
 	teardown(function ()
-		if alice then alice:close(); end
-		if bob then bob:close(); end
 		if component then component.stop(); end
-		if server then server:stop(); end
+		bs.stop(server, alice, bob);
 	end);
 
 	it("answers disco#info as the Prosody module does", function ()
@@ -165,20 +161,19 @@ describe("standalone proxy65 on several nodes #integration", function ()
 	-- One JID per node: each advertises its own address, and a transfer's
 	-- two connections meet on the node its initiator picked.
 	it("relays through each of two nodes with their own JIDs", function ()
-		local server = prosody.start({
+		local server, alice, bob = bs.start({
 			hosts = ("VirtualHost \"localhost\"\n\nComponent \"proxy-a.localhost\"\n\tcomponent_secret = %q\n"
 				.. "\nComponent \"proxy-b.localhost\"\n\tcomponent_secret = %q\n"):format(SECRET, SECRET);
-			accounts = bs.accounts(); wait_ports = { "c2s", "component" };
+			wait_ports = { "c2s", "component" };
 		});
 		local a = start_component({ rport = server.ports.component, jid = "proxy-a.localhost" });
 		local b = start_component({ rport = server.ports.component, jid = "proxy-b.localhost" });
 		finally(function ()
 			a.stop(); b.stop();
-			server:stop();
+			bs.stop(server, alice, bob);
 		end);
 		assert(a.wait_log("Connected to"), a.log());
 		assert(b.wait_log("Connected to"), b.log());
-		local alice, bob = bs.login(server, "alice"), bs.login(server, "bob");
 		for _, node in ipairs({ { a, "proxy-a.localhost" }, { b, "proxy-b.localhost" } }) do
 			local reply = assert(alice:request(xmpp.iq({ type = "get", to = node[2] }):tag("query", { xmlns = bs.xmlns })));
 			local streamhost = reply:get_child("query", bs.xmlns):get_child("streamhost");
@@ -192,20 +187,18 @@ describe("standalone proxy65 on several nodes #integration", function ()
 			assert.equal(node[2], s5.run({ { from = i_sock, to = t_sock, data = node[2] } })[1]);
 			t_sock:close(); i_sock:close();
 		end
-		alice:close(); bob:close();
 	end);
 end);
 
 describe("standalone proxy65 when its server is killed #integration", function ()
 	it("keeps the transfer, and reconnects once the server is back (#21)", function ()
-		local server = prosody.start({ hosts = hosts(), accounts = bs.accounts(), wait_ports = { "c2s", "component" } });
+		local server, alice, bob = bs.start({ hosts = hosts(), wait_ports = { "c2s", "component" } });
 		local component = start_component({ rport = server.ports.component });
 		finally(function ()
 			component.stop();
-			server:stop();
+			bs.stop(server, alice, bob);
 		end);
 		assert(component.wait_log("Connected to"), component.log());
-		local alice, bob = bs.login(server, "alice"), bs.login(server, "bob");
 		local t_sock, i_sock = bs.open_stream(server, alice, bob, { port = component.port });
 		local data = s5.random_bytes(4 * MiB + 1, 5);
 		assert(i_sock:send(data:sub(1, MiB)));

@@ -120,7 +120,7 @@ describe("proxy65 stress #slow #integration", function ()
 	local server, alice, bob, carol;
 
 	setup(function ()
-		server = prosody.start({
+		server, alice, bob = bs.start({
 			hosts = "VirtualHost \"localhost\"\nComponent \"proxy.localhost\" \"proxy65\"";
 			accounts = { { "alice", "localhost", "alice-pw" }, { "bob", "localhost", "bob-pw" },
 				{ "carol", "localhost", "carol-pw" } };
@@ -132,18 +132,12 @@ describe("proxy65 stress #slow #integration", function ()
 			-- the idle timeout, set above TCP's longest backoff (2 minutes).
 			global = "proxy65_activation_timeout = 300\nproxy65_handshake_timeout = 3\n"
 				.. "proxy65_idle_timeout = 150\nnetwork_settings = { tcp_backlog = 4096 }";
-			wait_ports = { "c2s", "proxy65" };
 		});
-		alice = bs.login(server, "alice");
-		bob = bs.login(server, "bob");
 		carol = bs.login(server, "carol");
 	end);
 
 	teardown(function ()
-		for _, client in ipairs({ alice, bob, carol }) do
-			client:close();
-		end
-		if server then server:stop(); end
+		bs.stop(server, alice, bob, carol);
 	end);
 
 	it("relays 1,000 concurrent transfers of 0-8 MiB intact, with half-closes, closes and resets", function ()

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -45,6 +46,25 @@ fd_eventfd(int *fd)
 {
 	*fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	return *fd < 0 ? errno : 0;
+}
+
+void
+fd_eventfd_signal(int fd)
+{
+	uint64_t one = 1;
+
+	/* An eventfd only fails to count when it would overflow: ignore. */
+	while (write(fd, &one, sizeof(one)) < 0 && errno == EINTR) {
+	}
+}
+
+void
+fd_eventfd_clear(int fd)
+{
+	uint64_t count;
+
+	while (read(fd, &count, sizeof(count)) < 0 && errno == EINTR) {
+	}
 }
 
 int

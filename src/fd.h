@@ -10,6 +10,10 @@
 int fd_set_nonblocking(int fd);
 int fd_pipe(int fds[2]);
 int fd_eventfd(int *fd);
+/* Adds one to an eventfd's count, making it readable. */
+void fd_eventfd_signal(int fd);
+/* Resets an eventfd's count, so it is readable no more. */
+void fd_eventfd_clear(int fd);
 /* Pending SO_ERROR of a socket, 0 if none. */
 int fd_socket_error(int fd);
 /* Reads and drops whatever input is queued, without blocking (bounded). */

@@ -2,7 +2,7 @@
  * The relay: moves the bytes of one activated bytestream between two
  * sockets, both directions, with half-close and bounded memory.
  * Pure C: no Lua. It does not wait for readiness itself: the engine
- * (engine.c) registers both sockets edge-triggered, passes each event to
+ * (engine_loop.c) registers both sockets edge-triggered, passes each event to
  * relay_event(), and calls relay_pump() until it reports RELAY_BLOCKED.
  * SPDX-License-Identifier: MIT
  */

@@ -27,12 +27,14 @@ l_new(lua_State *L)
 static const char *const state_names[] = { "greeting", "request", "done", "failed" };
 
 /*
- * (parser, data) -> state, reply, used, reason
+ * (parser, data) -> state, reply, used, reason, hash
  * Fixed slots, whatever the outcome: state is "greeting" or "request" (more
  * input needed), "done" (answer with :accept() or :refuse()) or "failed"
  * (send reply, then close); reply is the bytes to send (possibly "");
  * data[used+1..] is not handshake data; reason is a fixed token saying why
- * it failed (see socks5_reason_name()), nil unless failed.
+ * it failed (see socks5_reason_name()), nil unless failed; hash is the 40
+ * lowercase hex characters of the request, nil unless done. So the end of
+ * a handshake takes one crossing to read, and one to answer.
  */
 static int
 l_feed(lua_State *L)
@@ -53,21 +55,12 @@ l_feed(lua_State *L)
 	} else {
 		lua_pushnil(L);
 	}
-	return 4;
-}
-
-/* (parser) -> hash | nil   the 40 lowercase hex characters, once done */
-static int
-l_hash(lua_State *L)
-{
-	struct socks5 *s = check_socks5(L);
-
-	if (s->state != SOCKS5_DONE) {
+	if (s->state == SOCKS5_DONE) {
+		lua_pushlstring(L, s->hash, SOCKS5_HASH_LEN);
+	} else {
 		lua_pushnil(L);
-		return 1;
 	}
-	lua_pushlstring(L, s->hash, SOCKS5_HASH_LEN);
-	return 1;
+	return 5;
 }
 
 /* (parser) -> reply   the success reply; only in state "done" */
@@ -127,7 +120,6 @@ socks5_lua_open(lua_State *L)
 {
 	static const luaL_Reg methods[] = {
 		{ "feed", l_feed },
-		{ "hash", l_hash },
 		{ "accept", l_accept },
 		{ "refuse", l_refuse },
 		{ "state", l_state },

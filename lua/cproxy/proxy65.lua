@@ -277,8 +277,9 @@ local function refuse(self, session, parser, why, over_limit)
 	self:close_session(session);
 end
 
-function service_mt:request_done(session, parser)
-	local conn, hash = session.conn, parser:hash();
+-- A complete request for `hash`: accept it and park the socket, or refuse.
+function service_mt:request_done(session, parser, hash)
+	local conn = session.conn;
 	if session.over_limit then
 		self.log("debug", "Refusing a SOCKS5 connection from %s for %s: over %s", session.ip, hash, session.over_limit);
 		return refuse(self, session, parser, session.over_limit, true);
@@ -347,7 +348,7 @@ function service_mt:make_listener()
 			return; -- cannot happen: parked connections have left net.server
 		end
 		local parser = session.parser;
-		local state, reply, used, reason = parser:feed(data);
+		local state, reply, used, reason, hash = parser:feed(data);
 		if state == "failed" then
 			self.log("debug", "Invalid SOCKS5 handshake from %s (%s)", session.ip, reason);
 			self.on_count("handshake_failures", reason);
@@ -363,7 +364,7 @@ function service_mt:make_listener()
 		end
 		if state == "done" then
 			session.early = data:sub(used + 1);
-			self:request_done(session, parser);
+			self:request_done(session, parser, hash);
 		end
 	end
 

@@ -1,5 +1,6 @@
 -- XEP-0065 from the clients' side, for specs that drive proxy65 in a real
 -- Prosody: accounts, log-in, activation requests and the whole negotiation.
+local prosody = require "spec.helpers.prosody";
 local xmpp = require "spec.helpers.xmpp_client";
 local s5 = require "spec.helpers.socks5_client";
 
@@ -24,6 +25,26 @@ function M.activation(sid, target_jid, to)
 		query:tag("activate"):text(target_jid):up();
 	end
 	return query;
+end
+
+-- Starts Prosody with prosody.start(opts) and logs alice and bob in;
+-- returns server, alice, bob. opts.accounts defaults to M.accounts(),
+-- opts.wait_ports to c2s and proxy65. When a log-in fails, it stops what it
+-- started before raising.
+function M.start(opts)
+	opts.accounts = opts.accounts or M.accounts();
+	opts.wait_ports = opts.wait_ports or { "c2s", "proxy65" };
+	local server = prosody.start(opts);
+	local clients = {};
+	local ok, err = pcall(function ()
+		clients[1] = M.login(server, "alice");
+		clients[2] = M.login(server, "bob");
+	end);
+	if not ok then
+		M.stop(server, clients[1], clients[2]);
+		error(err, 0);
+	end
+	return server, clients[1], clients[2];
 end
 
 -- Closes the clients given, then stops the server (each may be nil: a
