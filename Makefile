@@ -44,7 +44,7 @@ PROSODY13_TARBALL ?= ../shared/third_party/prosody-$(PROSODY13_VERSION).tar.gz
 PROSODY13 = $(BUILD)/prosody-$(PROSODY13_VERSION)
 PROSODY_BUILD_DEPS = libidn2-dev libicu-dev
 
-.PHONY: all clean deps check check-prosody13 test stress bench run install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability
+.PHONY: all clean deps check check-prosody13 test stress bench run install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability deps-ejabberd
 
 all: $(CORE)
 
@@ -120,6 +120,11 @@ bench: deps all $(LOADGEN) $(RELAY)
 
 run: all
 	@bash tools/run-demo
+
+# ejabberd, for spec/standalone_ejabberd_spec.lua and the bench's ejabberd
+# row; both skip it, saying so, where it is missing. CI installs it.
+deps-ejabberd:
+	@sh tools/install-deps ejabberd
 
 # The tools of the fuzz, sanitizer and valgrind runs (Debian 12 packages).
 RELIABILITY_DEPS = clang libclang-rt-14-dev valgrind

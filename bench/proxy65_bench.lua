@@ -1,7 +1,8 @@
 -- `make bench` for proxy65. In one run, with the same C load generator
 -- (build/loadgen): a direct loopback pair (no relay), a minimal C relay
 -- (build/relay, the ceiling a relay can reach here), Prosody's built-in
--- mod_proxy65 and ours, each in a real Prosody. Rounds run interleaved and
+-- mod_proxy65 and ours, each in a real Prosody, and ejabberd's own
+-- mod_proxy65 (when ejabberd is installed). Rounds run interleaved and
 -- each figure is the median of the rounds. Prints MiB/s, CPU-seconds per
 -- GiB relayed (of the relay's process, all threads), and XEP-0199 ping
 -- round trips at rest and under load, both from the same round.
@@ -11,12 +12,14 @@
 --   BENCH_ROUNDS=3            rounds, interleaved
 --   BENCH_BYTES_1=4294967296  bytes of the 1-stream transfer
 --   BENCH_BYTES_8=134217728   bytes of each of the 8 streams
---   BENCH_ROWS=direct,relay,builtin,ours   which contenders to run
+--   BENCH_ROWS=direct,relay,builtin,ours,ejabberd   which contenders to run
+--                             (ejabberd only where installed)
 --   BENCH_OPTIONS='proxy65_relay_mode = "copy"'   global config lines for ours
 --   BENCH_LOADGEN_NICE=19     nice value of the load generator: it stands in
 --                             for two remote peers, whose CPU is not the server's
 local socket = require "socket";
 local prosody = require "spec.helpers.prosody";
+local ejabberd = require "spec.helpers.ejabberd";
 local xmpp = require "spec.helpers.xmpp_client";
 local s5 = require "spec.helpers.socks5_client";
 local stats = require "bench.stats";
@@ -29,18 +32,24 @@ local scenarios = {
 	{ name = "8 streams", streams = 8, bytes = tonumber(os.getenv("BENCH_BYTES_8")) or 128 * MiB },
 };
 -- The built-in relays about 15 times slower: a gigabyte settles its rate.
+-- The same bound holds for ejabberd's.
 local BUILTIN_MAX_BYTES = GiB;
 local LOADGEN, RELAY = "./build/loadgen", "./build/relay";
 local LOADGEN_NICE = tonumber(os.getenv("BENCH_LOADGEN_NICE")) or 19;
 local REST_PINGS = 300;
 local ROW_NAMES = {
 	direct = "direct loopback", relay = "C relay (ceiling)",
-	builtin = "built-in", ours = "prosody-cproxy",
+	builtin = "built-in", ours = "prosody-cproxy", ejabberd = "ejabberd",
 };
+local have_ejabberd, no_ejabberd = ejabberd.available();
 local rows = {};
-for name in (os.getenv("BENCH_ROWS") or "direct,relay,builtin,ours"):gmatch("[^,%s]+") do
+for name in (os.getenv("BENCH_ROWS") or "direct,relay,builtin,ours,ejabberd"):gmatch("[^,%s]+") do
 	assert(ROW_NAMES[name], "unknown row in BENCH_ROWS: " .. name);
-	table.insert(rows, name);
+	if name == "ejabberd" and not have_ejabberd then
+		print("ejabberd row skipped: " .. no_ejabberd);
+	else
+		table.insert(rows, name);
+	end
 end
 
 local hosts = [[
@@ -143,7 +152,7 @@ local function measure(row, scenario, acc)
 		mibps = run_load(("pair %d %d %d"):format(relay_port, bytes, scenario.streams), pinger, acc.load);
 		cpu = cpu_seconds(relay_pid) - cpu0;
 	else
-		if row == "builtin" then
+		if row == "builtin" or row == "ejabberd" then
 			bytes = math.min(bytes, BUILTIN_MAX_BYTES);
 		end
 		local alice, bob = login(server, "alice"), login(server, "bob");
@@ -191,6 +200,15 @@ local ok, err = pcall(function ()
 	end
 	if has_row("ours") or not servers.builtin then
 		servers.ours = start("our", nil, os.getenv("BENCH_OPTIONS"));
+	end
+	if has_row("ejabberd") then
+		-- Its mod_proxy65's socket buffers at 1 MiB (64 KiB by default).
+		io.stderr:write("starting ejabberd with its mod_proxy65\n");
+		servers.ejabberd = ejabberd.start({
+			proxy65 = { buffer = MiB };
+			log_level = "warning";
+			accounts = { { "alice", "localhost", "alice" }, { "bob", "localhost", "bob" }, { "carol", "localhost", "carol" } };
+		});
 	end
 	for _, server in pairs(servers) do
 		pingers[server] = login(server, "carol");
@@ -240,7 +258,7 @@ local ok, err = pcall(function ()
 		end
 		if med.ours then
 			local parts = {};
-			for _, other in ipairs({ "relay", "builtin", "direct" }) do
+			for _, other in ipairs({ "relay", "builtin", "ejabberd", "direct" }) do
 				if med[other] then
 					table.insert(parts, ("%.2fx %s"):format(med.ours.mibps / med[other].mibps, other));
 				end
