@@ -58,15 +58,7 @@ VirtualHost "localhost"
 Component "proxy.localhost" "proxy65"
 ]];
 
-local function read_file(path)
-	local f = io.open(path);
-	if not f then
-		return "";
-	end
-	local data = f:read("a");
-	f:close();
-	return data;
-end
+local read_file = prosody.read_file;
 
 local CLK_TCK = (function ()
 	local h = io.popen("getconf CLK_TCK");

@@ -15,22 +15,7 @@ local M = {};
 -- A free loopback port, picked as for Prosody.
 M.free_port = prosody.free_port;
 
-local function shell(cmd)
-	local h = io.popen(cmd .. " 2>&1");
-	local out = h:read("a");
-	local ok = h:close();
-	return ok, out;
-end
-
-local function read_file(path)
-	local f = io.open(path);
-	if not f then
-		return "";
-	end
-	local data = f:read("a");
-	f:close();
-	return data;
-end
+local shell, read_file = prosody.shell, prosody.read_file;
 
 local function write_file(path, data)
 	local f = assert(io.open(path, "w"));

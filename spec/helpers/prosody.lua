@@ -42,13 +42,16 @@ function M.command(tool, prefix)
 	return ("%s %s"):format(prefix or "", tool);
 end
 
+-- Runs a shell command; returns whether it succeeded, and its output.
 local function shell(cmd)
 	local h = io.popen(cmd .. " 2>&1");
 	local out = h:read("a");
 	local ok = h:close();
 	return ok, out;
 end
+M.shell = shell;
 
+-- A file's contents, or "" when it cannot be read.
 local function read_file(path)
 	local f = io.open(path);
 	if not f then
@@ -58,6 +61,7 @@ local function read_file(path)
 	f:close();
 	return data;
 end
+M.read_file = read_file;
 
 -- A port nothing listens on, below the kernel's ephemeral range, so that
 -- no client socket of this or another test takes it before Prosody binds
