@@ -72,7 +72,7 @@ int
 client_socks5(int port, const char *hash)
 {
 	/* Greeting (no authentication), then CONNECT to hash:0 (ATYP 3). */
-	unsigned char req[10 + HASH_LEN], buf[2 + 7 + HASH_LEN];
+	unsigned char req[7 + HASH_LEN], buf[2 + 5 + HASH_LEN];
 	int fd;
 
 	if (strlen(hash) != HASH_LEN) {
@@ -80,14 +80,27 @@ client_socks5(int port, const char *hash)
 		client_die("hash length");
 	}
 	fd = client_connect(port);
-	memcpy(req, "\5\1\0\5\1\0\3\50", 8);
-	memcpy(req + 8, hash, HASH_LEN);
-	req[8 + HASH_LEN] = req[9 + HASH_LEN] = 0;
+	/*
+	 * The request waits for the method reply, as real clients do: Prosody's
+	 * built-in mod_proxy65 takes a first read for the greeting alone and
+	 * loses a request that came with it.
+	 */
+	if (write(fd, "\5\1\0", 3) != 3) {
+		client_die("greeting");
+	}
+	read_exactly(fd, buf, 2);
+	if (buf[0] != 5 || buf[1] != 0) {
+		errno = EPROTO;
+		client_die("greeting refused");
+	}
+	memcpy(req, "\5\1\0\3\50", 5);
+	memcpy(req + 5, hash, HASH_LEN);
+	req[5 + HASH_LEN] = req[6 + HASH_LEN] = 0;
 	if (write(fd, req, sizeof(req)) != (ssize_t)sizeof(req)) {
 		client_die("request");
 	}
 	read_exactly(fd, buf, sizeof(buf));
-	if (buf[0] != 5 || buf[1] != 0 || buf[3] != 0) {
+	if (buf[0] != 5 || buf[1] != 0 || buf[3] != 3) {
 		errno = EPROTO;
 		client_die("request refused");
 	}

@@ -17,9 +17,9 @@ void client_die(const char *what);
 int client_connect(int port);
 
 /*
- * Connects to the proxy, sends the greeting and the CONNECT request for
- * hash (40 characters) in one write, and reads both replies: it dies
- * unless they accept.
+ * Connects to the proxy, sends the greeting, then, after its reply, the
+ * CONNECT request for hash (40 characters), and reads that reply: it dies
+ * unless both accept.
  */
 int client_socks5(int port, const char *hash);
 
