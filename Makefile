@@ -44,7 +44,7 @@ PROSODY13_TARBALL ?= ../shared/third_party/prosody-$(PROSODY13_VERSION).tar.gz
 PROSODY13 = $(BUILD)/prosody-$(PROSODY13_VERSION)
 PROSODY_BUILD_DEPS = libidn2-dev libicu-dev
 
-.PHONY: all clean deps check check-prosody13 test stress bench run install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability deps-ejabberd
+.PHONY: all clean deps check check-prosody13 test stress bench run install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability deps-ejabberd deps-slixmpp
 
 all: $(CORE)
 
@@ -125,6 +125,11 @@ run: all
 # row; both skip it, saying so, where it is missing. CI installs it.
 deps-ejabberd:
 	@sh tools/install-deps ejabberd
+
+# slixmpp, the Python XMPP library spec/slixmpp_spec.lua transfers with;
+# the spec skips, saying so, where it is missing. CI installs it.
+deps-slixmpp:
+	@sh tools/install-deps python3-slixmpp
 
 # The tools of the fuzz, sanitizer and valgrind runs (Debian 12 packages).
 RELIABILITY_DEPS = clang libclang-rt-14-dev valgrind
