@@ -1,8 +1,9 @@
 -- proxy65 with a third-party client library, as users run it: slixmpp's
 -- XEP-0065 plugin (spec/clients/slixmpp_transfer.py) finds the proxy
 -- through disco, offers it, activates and streams 0 bytes, 1 MiB + 7 and
--- 5 MiB + 13 from one client to another, which must get every byte. The
--- same runs against Prosody's built-in mod_proxy65, which must agree.
+-- 5 MiB + 13 from one client to another, which must get every byte, in
+-- both relay modes. The same runs against Prosody's built-in mod_proxy65,
+-- which must agree.
 -- Where slixmpp is missing, says so and skips.
 local prosody = require "spec.helpers.prosody";
 local bs = require "spec.helpers.bytestreams";
@@ -59,7 +60,8 @@ end
 local SIZES = { 0, MiB + 7, 5 * MiB + 13 };
 
 for _, proxy in ipairs({
-	{ name = "mod_proxy65" };
+	{ name = "mod_proxy65 in copy mode", global = "proxy65_relay_mode = \"copy\"" };
+	{ name = "mod_proxy65 in splice mode", global = "proxy65_relay_mode = \"splice\"" };
 	-- No plugin path of ours: Prosody loads its own module.
 	{ name = "Prosody's built-in mod_proxy65", builtin = true, plugin_paths = {} };
 }) do
@@ -68,7 +70,7 @@ for _, proxy in ipairs({
 		local server, alice, bob;
 
 		setup(function ()
-			server, alice, bob = bs.start({ hosts = hosts, plugin_paths = proxy.plugin_paths });
+			server, alice, bob = bs.start({ hosts = hosts, plugin_paths = proxy.plugin_paths, global = proxy.global });
 		end);
 
 		teardown(function ()
