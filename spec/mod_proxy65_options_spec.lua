@@ -150,7 +150,15 @@ describe("mod_proxy65 reloaded with new options #integration", function ()
 		server:add_global("proxy65_idle_timeout = 300");
 		assert.truthy(server:shell("config:reload()"));
 		assert.truthy(server:shell("module:reload(\"proxy65\")"));
+		-- The shell's own connection may still be closing: count once it has.
 		local fds = server:fd_count();
+		local settle = socket.gettime() + 2;
+		repeat
+			socket.sleep(0.2);
+			local now = server:fd_count();
+			local stable = now == fds;
+			fds = now;
+		until stable or socket.gettime() > settle;
 		local flows, socks = {}, {};
 		for i = 1, 3 do
 			local t_sock, i_sock = bs.open_stream(server, alice, bob);
@@ -172,10 +180,11 @@ describe("mod_proxy65 reloaded with new options #integration", function ()
 		end
 		assert.is_true(transfer_works(server, alice, bob));
 		local deadline = socket.gettime() + 5;
-		while server:fd_count() ~= fds and socket.gettime() < deadline do
+		while server:fd_count() > fds and socket.gettime() < deadline do
 			socket.sleep(0.05);
 		end
-		assert.equal(fds, server:fd_count());
+		-- More would be a leak; fewer is a connection from before closing.
+		assert.truthy(server:fd_count() <= fds, ("%d fds, %d before"):format(server:fd_count(), fds));
 	end);
 
 	it("resets live transfers when unloaded, and closes its port (#19)", function ()
