@@ -138,13 +138,7 @@ function handle_mt:stop()
 	end
 end
 
-local function port_open(port)
-	local s = socket.tcp();
-	s:settimeout(0.2);
-	local ok = s:connect("127.0.0.1", port);
-	s:close();
-	return ok ~= nil;
-end
+local port_open = prosody.port_open;
 
 local function yaml_config(self, opts)
 	local lines = {

@@ -193,6 +193,7 @@ function handle_mt:stop()
 	end
 end
 
+-- Whether something accepts connections on the loopback port.
 local function port_open(port)
 	local s = socket.tcp();
 	s:settimeout(0.2);
@@ -200,6 +201,7 @@ local function port_open(port)
 	s:close();
 	return ok ~= nil;
 end
+M.port_open = port_open;
 
 -- Starts the Prosody process of handle `self` and waits for its ports;
 -- raises (at `level`) when it does not come up, unless expected.
