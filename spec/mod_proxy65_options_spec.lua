@@ -29,31 +29,28 @@ end
 
 describe("mod_proxy65 with wrong-typed options #integration", function ()
 	local server, alice, bob;
+	-- Each option's value, as written in the config and shown in the log.
+	local wrong = {
+		proxy65_activation_timeout = "\"1m\"";
+		proxy65_idle_timeout = "\"5m\"";
+		proxy65_buffer_size = "\"4 MiB\"";
+		proxy65_socket_buffer = "{ 65536, 131072 }";
+		proxy65_relay_mode = "\"fast\"";
+	};
 
 	setup(function ()
-		server, alice, bob = bs.start({
-			hosts = hosts;
-			global = table.concat({
-				"proxy65_activation_timeout = \"1m\"";
-				"proxy65_idle_timeout = \"5m\"";
-				"proxy65_buffer_size = \"4 MiB\"";
-				"proxy65_socket_buffer = { 65536, 131072 }";
-				"proxy65_relay_mode = \"fast\"";
-			}, "\n");
-		});
+		local lines = {};
+		for option, value in pairs(wrong) do
+			table.insert(lines, option .. " = " .. value);
+		end
+		server, alice, bob = bs.start({ hosts = hosts; global = table.concat(lines, "\n") });
 	end);
 
 	teardown(function ()
 		bs.stop(server, alice, bob);
 	end);
 
-	for option, shown in pairs({
-		proxy65_activation_timeout = "\"1m\"";
-		proxy65_idle_timeout = "\"5m\"";
-		proxy65_buffer_size = "\"4 MiB\"";
-		proxy65_socket_buffer = "{ 65536, 131072 }";
-		proxy65_relay_mode = "\"fast\"";
-	}) do
+	for option, shown in pairs(wrong) do
 		it("logs one error naming " .. option .. ", its value and what is expected", function ()
 			local line = server:log():match("\terror\tConfig option '" .. option .. "' = ([^\n]*)");
 			assert.truthy(line, "no error line for " .. option);

@@ -51,11 +51,7 @@ function handle_mt:log()
 end
 
 function handle_mt:log_tail(n)
-	local lines = {};
-	for line in self:log():gmatch("[^\n]+") do
-		table.insert(lines, line);
-	end
-	return table.concat(lines, "\n", math.max(1, #lines - (n or 40) + 1));
+	return prosody.tail(self:log(), n);
 end
 
 -- The pid of the Erlang VM (beam.smp), which ejabberd writes once up.

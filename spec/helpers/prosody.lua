@@ -101,12 +101,18 @@ function handle_mt:log()
 	return read_file(self.dir .. "/prosody.log") .. read_file(self.dir .. "/console.log");
 end
 
-function handle_mt:log_tail(n)
+-- The last n (40) lines of a text.
+local function tail(text, n)
 	local lines = {};
-	for line in self:log():gmatch("[^\n]+") do
+	for line in text:gmatch("[^\n]+") do
 		table.insert(lines, line);
 	end
 	return table.concat(lines, "\n", math.max(1, #lines - (n or 40) + 1));
+end
+M.tail = tail;
+
+function handle_mt:log_tail(n)
+	return tail(self:log(), n);
 end
 
 function handle_mt:wait_log(pattern, timeout)

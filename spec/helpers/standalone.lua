@@ -27,10 +27,7 @@ function M.start(opts)
 		table.concat(args, " "), dir .. "/log")):read("l"));
 	local handle = { pid = tonumber(pid), port = port, dir = dir };
 	function handle.log()
-		local lf = io.open(dir .. "/log");
-		local text = lf and lf:read("a") or "";
-		if lf then lf:close(); end
-		return text;
+		return prosody.read_file(dir .. "/log");
 	end
 	function handle.wait_log(pattern, timeout)
 		local deadline = socket.gettime() + (timeout or 10);
