@@ -81,6 +81,23 @@ nonblocking(int fd)
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+/*
+ * TCP keepalive after 20 s of silence: a receiver sends nothing, so a
+ * reset that loopback dropped under load (one is sent only once) would
+ * otherwise leave it waiting for ever. A probe to a socket that is gone
+ * draws a fresh reset, as a real client's keepalive would.
+ */
+static void
+keepalive(int fd)
+{
+	int on = 1, idle = 20, interval = 5, count = 3;
+
+	(void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+}
+
 static void
 reset(int fd)
 {
@@ -113,6 +130,7 @@ transfers(int port, uint64_t seed, int n, char **hashes)
 		f->send_fd = client_socks5(port, hashes[i]);
 		nonblocking(f->recv_fd);
 		nonblocking(f->send_fd);
+		keepalive(f->recv_fd);
 	}
 	printf("ready\n");
 	fflush(stdout);
