@@ -46,8 +46,8 @@ local handle_mt = {};
 handle_mt.__index = handle_mt;
 
 function handle_mt:log()
-	return read_file(self.dir .. "/console.log") .. read_file(self.dir .. "/logs/ejabberd.log")
-		.. read_file(self.dir .. "/logs/error.log");
+	return prosody.read_lines(self.dir .. "/console.log") .. prosody.read_lines(self.dir .. "/logs/ejabberd.log")
+		.. prosody.read_lines(self.dir .. "/logs/error.log");
 end
 
 function handle_mt:log_tail(n)

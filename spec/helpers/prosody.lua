@@ -97,8 +97,15 @@ end
 local handle_mt = {};
 handle_mt.__index = handle_mt;
 
+-- The whole lines of a log file: a line still being written is left for
+-- the next read, so a pattern never matches half of one.
+local function read_lines(path)
+	return read_file(path):match("^.*\n") or "";
+end
+M.read_lines = read_lines;
+
 function handle_mt:log()
-	return read_file(self.dir .. "/prosody.log") .. read_file(self.dir .. "/console.log");
+	return read_lines(self.dir .. "/prosody.log") .. read_lines(self.dir .. "/console.log");
 end
 
 -- The last n (40) lines of a text.

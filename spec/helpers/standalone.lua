@@ -27,7 +27,7 @@ function M.start(opts)
 		table.concat(args, " "), dir .. "/log")):read("l"));
 	local handle = { pid = tonumber(pid), port = port, dir = dir };
 	function handle.log()
-		return prosody.read_file(dir .. "/log");
+		return prosody.read_lines(dir .. "/log");
 	end
 	function handle.wait_log(pattern, timeout)
 		local deadline = socket.gettime() + (timeout or 10);
