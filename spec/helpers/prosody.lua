@@ -9,9 +9,12 @@ local M = {};
 -- CPROXY_PROSODY_COMMAND replaces `prosody` in the `prosody -F` that starts
 -- it, e.g. "valgrind --tool=memcheck ... lua5.4 /usr/bin/prosody" (see
 -- tools/check-valgrind). Such a Prosody starts and stops much more slowly,
--- so the waits below grow with it.
+-- so the waits below grow with it. CPROXY_SLOW sets the factor itself
+-- (tools/check-sanitize does, for processes under ASan's runtime). Specs
+-- scale their own waits on a Prosody by M.slow; waits end early anyway.
 local prosody_command = os.getenv("CPROXY_PROSODY_COMMAND") or "prosody";
-local slow = prosody_command ~= "prosody" and 20 or 1;
+local slow = tonumber(os.getenv("CPROXY_SLOW")) or (prosody_command ~= "prosody" and 20 or 1);
+M.slow = slow;
 
 M.root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helpers/[^/]*$") or ".");
 if M.root:sub(1, 1) ~= "/" then

@@ -30,7 +30,7 @@ function M.start(opts)
 		return prosody.read_lines(dir .. "/log");
 	end
 	function handle.wait_log(pattern, timeout)
-		local deadline = socket.gettime() + (timeout or 10);
+		local deadline = socket.gettime() + (timeout or 10) * prosody.slow;
 		repeat
 			if handle.log():match(pattern) then
 				return true;
@@ -44,7 +44,7 @@ function M.start(opts)
 	end
 	-- Waits for it to exit by itself; returns its status or nil.
 	function handle.wait_exit(timeout)
-		local deadline = socket.gettime() + (timeout or 10);
+		local deadline = socket.gettime() + (timeout or 10) * prosody.slow;
 		while handle.alive() and socket.gettime() < deadline do
 			socket.sleep(0.05);
 		end
