@@ -187,20 +187,30 @@ function handle_mt:fd_count()
 	return n;
 end
 
+-- Ends the Prosody process: SIGTERM, and SIGKILL if it lingers.
+local function terminate(self)
+	os.execute("kill -TERM " .. self.pid .. " 2>/dev/null");
+	local deadline = socket.gettime() + 5 * slow;
+	while self:alive() and socket.gettime() < deadline do
+		socket.sleep(0.05);
+	end
+	if self:alive() then
+		os.execute("kill -KILL " .. self.pid .. " 2>/dev/null");
+		-- Gone before anything starts on its ports again.
+		deadline = socket.gettime() + 5 * slow;
+		while self:alive() and socket.gettime() < deadline do
+			socket.sleep(0.05);
+		end
+	end
+end
+
 function handle_mt:stop()
 	if self.stopped then
 		return;
 	end
 	self.stopped = true;
 	if self.pid then
-		os.execute("kill -TERM " .. self.pid .. " 2>/dev/null");
-		local deadline = socket.gettime() + 5 * slow;
-		while self:alive() and socket.gettime() < deadline do
-			socket.sleep(0.05);
-		end
-		if self:alive() then
-			os.execute("kill -KILL " .. self.pid .. " 2>/dev/null");
-		end
+		terminate(self);
 	end
 	if os.getenv("CPROXY_KEEP_LOGS") then
 		print("Prosody log kept in " .. self.dir);
@@ -271,12 +281,10 @@ local function launch(self, opts, level)
 end
 
 -- Stops Prosody and starts it again with the same config, data and ports.
+-- A Prosody still shutting down would hold the ports, and the port check
+-- would take it for the new one: it is killed if it lingers.
 function handle_mt:restart()
-	os.execute("kill -TERM " .. self.pid .. " 2>/dev/null");
-	local deadline = socket.gettime() + 5 * slow;
-	while self:alive() and socket.gettime() < deadline do
-		socket.sleep(0.05);
-	end
+	terminate(self);
 	launch(self, self.opts, 2);
 end
 
