@@ -304,6 +304,8 @@ function M.start(opts)
 	local config = {
 		("data_path = %q"):format(dir);
 		("pidfile = %q"):format(dir .. "/prosody.pid");
+		-- How long `prosodyctl start` and `stop` wait for it (5 s by default).
+		("prosodyctl_timeout = %g"):format(15 * slow);
 		("certificates = %q"):format(dir);
 		("plugin_paths = %s"):format(lua_list(opts.plugin_paths or { M.root .. "/lua" }));
 		("log = { { levels = { min = %q }, to = \"file\", filename = %q } }"):format(opts.log_level or "debug", dir .. "/prosody.log");
