@@ -44,7 +44,7 @@ describe("mod_proxy65 under prosodyctl start #integration", function ()
 		t_sock:close(); i_sock:close();
 		local hash = s5.hash(sid, alice.jid, bob.jid);
 		local again;
-		local deadline = socket.gettime() + 5;
+		local deadline = socket.gettime() + 5 * prosody.slow;
 		repeat
 			socket.sleep(0.05);
 			again = s5.connect(server.ports.proxy65, hash);
@@ -67,7 +67,7 @@ describe("mod_proxy65 under prosodyctl start #integration", function ()
 		local pid = server.pid;
 		local ok = os.execute(("%s --config %q stop >/dev/null 2>&1"):format(prosody.command("prosodyctl"), server.config_path));
 		assert.truthy(ok);
-		local deadline = socket.gettime() + 10;
+		local deadline = socket.gettime() + 10 * prosody.slow;
 		while os.execute("kill -0 " .. pid .. " 2>/dev/null") == true and socket.gettime() < deadline do
 			socket.sleep(0.1);
 		end

@@ -164,7 +164,7 @@ Component "proxy.example.com" "proxy65"
 		t3:close(); i3:close();
 		-- Once the first has ended, the second may go.
 		t1:close(); i1:close();
-		local deadline = socket.gettime() + 5;
+		local deadline = socket.gettime() + 5 * prosody.slow;
 		repeat
 			socket.sleep(0.1);
 			reply = assert(alice:request(bs.activation(sid, bob.jid)));
@@ -185,7 +185,7 @@ Component "proxy.example.com" "proxy65"
 		-- Keep sending and reading until the proxy cuts the stream.
 		local big, sent, ended = s5.random_bytes(6 * MiB, 9), 0, nil;
 		i_sock:settimeout(0);
-		local deadline = socket.gettime() + 10;
+		local deadline = socket.gettime() + 10 * prosody.slow;
 		while not ended and socket.gettime() < deadline do
 			if sent < #big then
 				local n, _, partial = i_sock:send(big, sent + 1);

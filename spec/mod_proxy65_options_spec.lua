@@ -2,6 +2,7 @@
 -- a bad value costs one clear log line and the default, never the module;
 -- a reload applies new relay settings (#16).
 local socket = require "socket";
+local prosody = require "spec.helpers.prosody";
 local s5 = require "spec.helpers.socks5_client";
 local bs = require "spec.helpers.bytestreams";
 
@@ -176,7 +177,7 @@ describe("mod_proxy65 reloaded with new options #integration", function ()
 			sock:close();
 		end
 		assert.is_true(transfer_works(server, alice, bob));
-		local deadline = socket.gettime() + 5;
+		local deadline = socket.gettime() + 5 * prosody.slow;
 		while server:fd_count() > fds and socket.gettime() < deadline do
 			socket.sleep(0.05);
 		end

@@ -1,6 +1,7 @@
 -- mod_proxy65 in a real Prosody, driven by real XMPP clients and SOCKS5
 -- sockets over loopback: negotiation, activation errors, and transfers.
 local socket = require "socket";
+local prosody = require "spec.helpers.prosody";
 local xmpp = require "spec.helpers.xmpp_client";
 local s5 = require "spec.helpers.socks5_client";
 local st = require "util.stanza";
@@ -192,7 +193,7 @@ local function run_suite(backend)
 				assert(err == "closed" or err == "connection reset by peer", err);
 				sock:close();
 			end
-			local deadline = socket.gettime() + 5;
+			local deadline = socket.gettime() + 5 * prosody.slow;
 			while server:fd_count() > fds and socket.gettime() < deadline do
 				socket.sleep(0.05);
 			end
@@ -292,7 +293,7 @@ local function run_suite(backend)
 			assert.is_nil(third);
 			t_sock:close(); i_sock:close();
 			-- Once the relay has ended the hash is free again.
-			local deadline = socket.gettime() + 5;
+			local deadline = socket.gettime() + 5 * prosody.slow;
 			local again;
 			repeat
 				socket.sleep(0.05);
