@@ -180,6 +180,22 @@ local function run_suite(backend)
 			end);
 		end
 
+		-- gloox's initiator, with nothing to send, closes its stream as soon
+		-- as it has asked for the activation: an empty stream, not a leaver.
+		it("relays an empty stream whose initiator half-closed before the activation, and the answer back", function ()
+			local t_sock, i_sock = open_stream(server, alice, bob, {
+				before_activation = function (_, i)
+					i:shutdown("send");
+					socket.sleep(0.2); -- time for the proxy to see the FIN
+				end;
+			});
+			-- A clean end with no byte, not a reset.
+			assert.same({ "closed", "" }, { s5.await_end(t_sock, 5) });
+			local back = s5.run({ { from = t_sock, to = i_sock, data = "received" } });
+			assert.equal("received", back[1]);
+			t_sock:close(); i_sock:close();
+		end);
+
 		it_epoll("closes a half-closed connection never activated, and its partner, without leaking fds (#16)", function ()
 			local fds = server:fd_count();
 			local hash = s5.hash("fin-never", alice.jid, bob.jid);

@@ -234,15 +234,20 @@ function service_mt:park(session)
 end
 
 -- A parked socket turned readable: bytes stay for the relay, and watching
--- stops (they would keep it readable); a FIN with no stream byte before it,
--- or an error, means the client has left.
+-- stops (they would keep it readable). A FIN is the end of the initiator's
+-- stream, relayed after any bytes before it: an initiator with nothing to
+-- send may close at once, before its activation is even answered (gloox
+-- does). From the target, which sends nothing before activation, a FIN
+-- with no byte before it means it has left; so does an error from either.
 function service_mt:probe(session)
 	if self.sessions[session.conn] ~= session then
 		return unwatch(session);
 	end
 	local state, err = session.parked:probe();
-	if state == "data" or (state == "eof" and session.early ~= "") then
-		unwatch(session); -- a half-close after stream bytes is relayed
+	local pair = self.pairs[session.hash];
+	local initiator = pair and pair.initiator == session;
+	if state == "data" or (state == "eof" and (session.early ~= "" or initiator)) then
+		unwatch(session); -- relayed once activated, or closed by the activation timeout
 	elseif state == "eof" or not state then
 		self.log("debug", "SOCKS5 client for %s left before activation (%s)", session.hash, err or "closed");
 		self:close_session(session);
