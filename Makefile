@@ -44,7 +44,7 @@ PROSODY13_TARBALL ?= ../shared/third_party/prosody-$(PROSODY13_VERSION).tar.gz
 PROSODY13 = $(BUILD)/prosody-$(PROSODY13_VERSION)
 PROSODY_BUILD_DEPS = libidn2-dev libicu-dev
 
-.PHONY: all clean deps check check-prosody13 test stress bench run install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability deps-ejabberd deps-slixmpp
+.PHONY: all clean deps check check-prosody13 test stress bench run install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability deps-ejabberd deps-slixmpp deps-gloox
 
 all: $(CORE)
 
@@ -74,8 +74,17 @@ install: $(CORE)
 deps:
 	@sh tools/install-deps
 
+# spec/gloox_spec.lua's client, two gloox (C++) clients: built for `make
+# check` only where gloox's headers and a C++ compiler are installed (`make
+# deps-gloox`); elsewhere the spec says so and skips. The spec also builds
+# it itself, for a bare `busted spec/gloox_spec.lua`.
+GLOOX_TRANSFER = $(BUILD)/gloox_transfer
+GLOOX_CXXFLAGS ?= -O2
+HAVE_GLOOX := $(shell $(PKG_CONFIG) --exists gloox 2>/dev/null && command -v $(CXX) >/dev/null 2>&1 && echo yes)
+CHECK_CLIENTS = $(if $(HAVE_GLOOX),$(GLOOX_TRANSFER))
+
 check: WERROR = -Werror
-check: deps all
+check: deps all $(CHECK_CLIENTS)
 	@bash tools/run-specs $(BUSTED) --run=check
 
 # Without the tarball, says so and passes: Debian's 0.12 is what `make
@@ -92,6 +101,12 @@ check-prosody13: deps all
 	else \
 		PROSODY_SRC="$(CURDIR)/$(PROSODY13)" bash tools/run-specs $(BUSTED) --run=integration; \
 	fi
+
+# spec/gloox_spec.lua's client (GLOOX_TRANSFER, above).
+$(GLOOX_TRANSFER): spec/clients/gloox_transfer.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -Wall -Wextra -Wshadow $(WERROR) $(GLOOX_CXXFLAGS) $(shell $(PKG_CONFIG) --cflags gloox libcrypto) \
+	    -o $@ $< $(shell $(PKG_CONFIG) --libs gloox libcrypto) -pthread
 
 # Slow specs: long transfers and many concurrent ones.
 LOADGEN = $(BUILD)/loadgen
@@ -130,6 +145,12 @@ deps-ejabberd:
 # the spec skips, saying so, where it is missing. CI installs it.
 deps-slixmpp:
 	@sh tools/install-deps python3-slixmpp
+
+# gloox, the C++ XMPP library of spec/gloox_spec.lua (spec/clients/
+# gloox_transfer.cpp), and a compiler for it; the spec skips, saying so,
+# where it is missing. CI installs it.
+deps-gloox:
+	@sh tools/install-deps libgloox-dev g++ pkg-config
 
 # The tools of the fuzz, sanitizer and valgrind runs (Debian 12 packages).
 RELIABILITY_DEPS = clang libclang-rt-14-dev valgrind
