@@ -2,7 +2,7 @@
 // SOCKS5 bytestreams proxy, with gloox's own SOCKS5BytestreamManager.
 //
 // gloox has no proxy discovery of its own (its ft_send example hard-codes
-// addStreamHost, "you should obtain this using disco, really"), so the
+// the streamhost given to addStreamHost), so the
 // initiator does what a gloox application has to: disco#items on its
 // server, disco#info on each item for a "proxy/bytestreams" identity, and
 // the bytestreams query to that proxy for its streamhost, which it hands
