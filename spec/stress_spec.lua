@@ -218,18 +218,21 @@ describe("proxy65 stress #slow #integration", function ()
 			return mibps;
 		end
 		-- Loopback's speed varies by a fifth from one transfer to the next:
-		-- the best of three on each side compares like with like. The three
-		-- beside the flood take about a second, well within its 3 s.
-		local alone = math.max(throughput(), throughput(), throughput());
+		-- the best of five on each side compares like with like. The five
+		-- beside the flood take about a second and a half, within its 3 s.
+		local function best_of_five()
+			return math.max(throughput(), throughput(), throughput(), throughput(), throughput());
+		end
+		local alone = best_of_five();
 		local out, wait = spawn(("%s slow %d 2000 8"):format(STRESSGEN, server.ports.proxy65));
 		wait("ready", 60);
 		local flooded = socket.gettime();
-		local beside = math.max(throughput(), throughput(), throughput());
+		local beside = best_of_five();
 		flooded = socket.gettime() - flooded;
 		local closed = tonumber((wait("closed=(%d+)", 30)));
 		os.remove(out);
 		print(("\n2,000 slowloris: %d closed by the handshake timeout; a transfer beside them %.0f MiB/s"
-			.. " (best of 3, in %.1f s), alone %.0f MiB/s"):format(closed, beside, flooded, alone));
+			.. " (best of 5, in %.1f s), alone %.0f MiB/s"):format(closed, beside, flooded, alone));
 		assert.equal(2000, closed);
 		assert.truthy(beside >= 0.8 * alone, ("%.0f MiB/s beside against %.0f alone"):format(beside, alone));
 	end);
