@@ -23,9 +23,7 @@
 -- else fails.
 -- Where gloox's headers or g++ are missing, says so and skips.
 local prosody = require "spec.helpers.prosody";
-local bs = require "spec.helpers.bytestreams";
-
-local MiB = 1048576;
+local library = require "spec.helpers.client_library";
 
 local PROGRAM = prosody.root .. "/build/gloox_transfer";
 
@@ -47,20 +45,8 @@ end
 
 local found, why = available();
 if not found then
-	print("gloox specs skipped: " .. why);
-	describe("proxy65 with gloox #integration", function ()
-		pending("skipped: " .. why);
-	end);
-	return;
+	return library.skip("gloox", why);
 end
-
--- The streamhost is given as an address: "proxy.localhost" need not resolve.
-local hosts = [[
-VirtualHost "localhost"
-
-Component "proxy.localhost" "proxy65"
-	proxy65_address = "127.0.0.1"
-]];
 
 -- The built-in's 0-byte race above, lost: the activation refused after it
 -- dropped the pair, the target's 0 bytes intact.
@@ -70,58 +56,12 @@ local function lost_race(server, out)
 		and server:log():match("Activation request has unknown session id");
 end
 
--- (server, bytes, seed, builtin) -> what the program printed: streamhost,
--- sent and received, each { bytes, sha256 }; raises with its output when
--- it fails, or marks the test pending when the built-in lost the 0-byte race.
-local function transfer(server, size, seed, builtin)
-	local ok, out = prosody.shell(("timeout 120 %q %d alice@localhost alice-pw bob@localhost bob-pw %d %d %d"):format(
+library.describe("gloox's SOCKS5BytestreamManager", function (server, size, seed)
+	return prosody.shell(("timeout 120 %q %d alice@localhost alice-pw bob@localhost bob-pw %d %d %d"):format(
 		PROGRAM, server.ports.c2s, size, seed, 30 * prosody.slow));
-	if not ok and size == 0 and builtin and lost_race(server, out) then
+end, function (server, out, size, proxy)
+	if size == 0 and proxy.builtin and lost_race(server, out) then
 		pending("gloox closed the 0-byte stream before the built-in activated it, and the built-in dropped the pair"
 			.. " (the race in spec/gloox_spec.lua's header):\n" .. out);
 	end
-	assert(ok, "gloox_transfer failed:\n" .. out .. "\n" .. server:log_tail(20));
-	local result = { streamhost = { out:match("streamhost (%S+) (%S+) (%d+)") } };
-	for who, verb in pairs({ sent = "initiator: sent", received = "target: received" }) do
-		local bytes, hash = out:match(verb .. " (%d+) bytes, sha256 (%x+)");
-		assert(bytes, "no \"" .. verb .. "\" line:\n" .. out);
-		result[who] = { tonumber(bytes), hash };
-	end
-	return result;
-end
-
-local SIZES = { 0, MiB + 7, 5 * MiB + 13 };
-
-for _, proxy in ipairs({
-	{ name = "mod_proxy65 in copy mode", global = "proxy65_relay_mode = \"copy\"" };
-	{ name = "mod_proxy65 in splice mode", global = "proxy65_relay_mode = \"splice\"" };
-	-- No plugin path of ours: Prosody loads its own module.
-	{ name = "Prosody's built-in mod_proxy65", builtin = true, plugin_paths = {} };
-}) do
-	describe(proxy.name .. " with gloox's SOCKS5BytestreamManager #integration", function ()
-		-- alice and bob are logged in here too, as other resources.
-		local server, alice, bob;
-
-		setup(function ()
-			server, alice, bob = bs.start({ hosts = hosts, plugin_paths = proxy.plugin_paths, global = proxy.global });
-		end);
-
-		teardown(function ()
-			bs.stop(server, alice, bob);
-		end);
-
-		for i, size in ipairs(SIZES) do
-			it(("relays %d bytes from the initiator to the target intact"):format(size), function ()
-				local result = transfer(server, size, i, proxy.builtin);
-				assert.same({ "proxy.localhost", "127.0.0.1", tostring(server.ports.proxy65) }, result.streamhost);
-				assert.equal(size, result.sent[1]);
-				assert.same(result.sent, result.received);
-				if not proxy.builtin then
-					-- The relay saw the initiator's close, then the target's.
-					assert.truthy(server:wait_log(("ended %%(completed%%): %d bytes %%(%d to the target, 0 back%%)")
-						:format(size, size), 5), server:log_tail(20));
-				end
-			end);
-		end
-	end);
-end
+end);
