@@ -187,20 +187,21 @@ function handle_mt:fd_count()
 	return n;
 end
 
--- Ends the Prosody process: SIGTERM, and SIGKILL if it lingers.
-local function terminate(self)
-	os.execute("kill -TERM " .. self.pid .. " 2>/dev/null");
+-- Sends the Prosody process `signal`; waits (5 s) until it has exited.
+local function kill(self, signal)
+	os.execute(("kill -%s %d 2>/dev/null"):format(signal, self.pid));
 	local deadline = socket.gettime() + 5 * slow;
 	while self:alive() and socket.gettime() < deadline do
 		socket.sleep(0.05);
 	end
+end
+
+-- Ends the Prosody process: SIGTERM, and SIGKILL if it lingers, so that it
+-- is gone before anything starts on its ports again.
+local function terminate(self)
+	kill(self, "TERM");
 	if self:alive() then
-		os.execute("kill -KILL " .. self.pid .. " 2>/dev/null");
-		-- Gone before anything starts on its ports again.
-		deadline = socket.gettime() + 5 * slow;
-		while self:alive() and socket.gettime() < deadline do
-			socket.sleep(0.05);
-		end
+		kill(self, "KILL");
 	end
 end
 
