@@ -10,12 +10,7 @@ local percentile = require "bench.stats".percentile;
 local STRESSGEN = prosody.root .. "/build/stressgen";
 local LOADGEN = prosody.root .. "/build/loadgen";
 
-local function read_file(path)
-	local f = io.open(path);
-	local data = f and f:read("a") or "";
-	if f then f:close(); end
-	return data;
-end
+local read_file, read_lines = prosody.read_file, prosody.read_lines;
 
 -- Starts a load tool in the background with a raised fd limit; returns
 -- its output file and a function that waits for a pattern in it.
@@ -26,7 +21,8 @@ local function spawn(command, input)
 	local function wait(pattern, timeout)
 		local deadline = socket.gettime() + timeout;
 		repeat
-			local text = read_file(out);
+			-- Whole lines only: the result line is matched once complete.
+			local text = read_lines(out);
 			local found = text:match(pattern);
 			if found then
 				return found, text;
