@@ -77,6 +77,31 @@ describe("cproxy.core.xmlstream", function ()
 			assert.equal(whole, parse(bytes));
 		end);
 
+		-- libexpat 2.6.0 and Debian 12's security updates of 2.5.0 defer
+		-- re-parsing an unfinished token until about twice its bytes have
+		-- come; a stanza cut by the network then waited for the next one.
+		it("gives a stanza whose start tag spans two feeds from the second feed (#26)", function ()
+			local stanza = ("<iq type='get' id='big' to='proxy.example' from='a@b/c' x='%s'>"
+				.. "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>"):format(("x"):rep(3072));
+			local parser = core.xmlstream();
+			-- Earlier traffic has grown expat's buffer, as on a live stream:
+			-- otherwise the second feed would not fit and expat would parse.
+			local earlier = ("<message><body>%s</body></message>"):format(("e"):rep(16384));
+			local events = assert(parser:feed(STREAM .. earlier));
+			assert.same({ "header", "message" }, { events[1].event, events[2].name:match("message") });
+			events = assert(parser:feed(stanza:sub(1, 2500)));
+			assert.same({}, events);
+			events = assert(parser:feed(stanza:sub(2501)));
+			assert.equal(1, #events);
+			assert.equal("big", events[1].attr.id);
+			assert.equal(3072, #events[1].attr.x);
+			-- A long text run cut the same way.
+			events = assert(parser:feed("<message id='m'><body>" .. ("t"):rep(2500)));
+			assert.same({}, events);
+			events = assert(parser:feed(("t"):rep(635) .. "</body></message>"));
+			assert.equal(3135, #events[1].tags[1][1]);
+		end);
+
 		it("refuses malformed XML as not-well-formed", function ()
 			assert.same({ nil, "not-well-formed", "not-well-formed" }, { parse({ STREAM .. "<iq><a></iq>" }) });
 			assert.same({ nil, "not-well-formed", "not-well-formed" }, { parse({ STREAM .. "<iq \0/>" }) });

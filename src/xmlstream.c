@@ -19,6 +19,20 @@
 
 #define NS_SEP '\1'
 
+/*
+ * COMPAT: expat 2.6.0 defers re-parsing an unfinished token (a long start
+ * tag, say) until the buffer has grown to about twice its size. Debian 12's
+ * security updates of 2.5.0 carry the same change with their version macros
+ * still at 2.5.0, so no macro tells. A stream parser is fed what the network
+ * delivers, and with deferral the tail of a stanza would wait for the next
+ * stanza, which may never come: it must be off. The declaration is weak, so
+ * the call is made wherever the libexpat loaded at run time has it, whether
+ * or not the header built against declared it (a build made before the
+ * security update and run after it still turns deferral off).
+ */
+#pragma weak XML_SetReparseDeferralEnabled
+XMLPARSEAPI(XML_Bool) XML_SetReparseDeferralEnabled(XML_Parser parser, XML_Bool enabled);
+
 /* Splits expat's "ns\1local" without copying. */
 static void
 split_name(const char *qualified, struct xmlstream_name *out)
@@ -180,6 +194,9 @@ xmlstream_init(struct xmlstream *x, const struct xmlstream_callbacks *cb)
 	x->parser = XML_ParserCreateNS("UTF-8", NS_SEP);
 	if (x->parser == NULL) {
 		return ENOMEM;
+	}
+	if (XML_SetReparseDeferralEnabled != NULL) {
+		XML_SetReparseDeferralEnabled(x->parser, XML_FALSE);
 	}
 	XML_SetUserData(x->parser, x);
 	XML_SetElementHandler(x->parser, on_start, on_end);
