@@ -56,6 +56,21 @@ function M.is_local_domain(host)
 		or host:match("^[%d.]+$") ~= nil;
 end
 
+-- RFC 6761's special names, answered here rather than by the resolver, so
+-- that the check says the same whichever resolver this Prosody has:
+-- libunbound answers every localhost name with loopback, as the RFC asks,
+-- while Prosody's own resolver asks the nameserver, which may say NXDOMAIN.
+-- -> true, addresses | true, nil, reason | false
+function M.special_name(host)
+	local name = host:lower():gsub("%.$", "");
+	if name == "invalid" or name:match("%.invalid$") then
+		return true, nil, "a name reserved never to resolve, RFC 6761";
+	elseif name == "localhost" or name:match("%.localhost$") then
+		return true, { "127.0.0.1", "::1" };
+	end
+	return false;
+end
+
 -- Checks each streamhost and calls done(report) once all are checked.
 -- deps: resolve (function(host, port, callback(addresses|nil, err))),
 -- connect (net.server.addclient), timer (util.timer), pton (util.net.pton).
@@ -88,7 +103,7 @@ function M.check(deps, domain, streamhosts, ports, done)
 				port, concat(ports, ", "));
 		end
 		waiting = waiting + 1;
-		deps.resolve(streamhost.host, port, function (addresses, err)
+		local function resolved(addresses, err)
 			if not addresses or #addresses == 0 then
 				problem("%s does not resolve (%s): clients cannot connect", streamhost.host, err or "no address");
 				return finished();
@@ -144,7 +159,13 @@ function M.check(deps, domain, streamhosts, ports, done)
 					conn:close();
 				end
 			end);
-		end);
+		end
+		local special, addresses, err = M.special_name(streamhost.host);
+		if special then
+			resolved(addresses, err);
+		else
+			deps.resolve(streamhost.host, port, resolved);
+		end
 	end
 	finished();
 end
