@@ -16,7 +16,8 @@ local read_file, read_lines = prosody.read_file, prosody.read_lines;
 -- its output file and a function that waits for a pattern in it.
 local function spawn(command, input)
 	local out = os.tmpname();
-	os.execute(("ulimit -n hard 2>/dev/null; %s %s >%q 2>&1 &"):format(
+	-- `ulimit -n hard` is bash's; Debian's sh (dash) wants a number.
+	os.execute(("ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; %s %s >%q 2>&1 &"):format(
 		command, input and ("<" .. input) or "</dev/null", out));
 	local function wait(pattern, timeout)
 		local deadline = socket.gettime() + timeout;

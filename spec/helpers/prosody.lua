@@ -66,12 +66,24 @@ local function read_file(path)
 end
 M.read_file = read_file;
 
--- A port nothing listens on, below the kernel's ephemeral range, so that
+-- The kernel's ephemeral port range (Linux's default where it cannot be read).
+local function ephemeral_range()
+	local low, high = read_file("/proc/sys/net/ipv4/ip_local_port_range"):match("(%d+)%s+(%d+)");
+	return tonumber(low) or 32768, tonumber(high) or 60999;
+end
+
+-- A port nothing listens on, outside the kernel's ephemeral range, so that
 -- no client socket of this or another test takes it before Prosody binds
 -- it (a port from bind(0) is an ephemeral one, and may be handed out again).
+-- Below the range where there is room (the default, 32768 up), else above.
 function M.free_port()
+	local low, high = ephemeral_range();
+	local from, to = 20000, math.min(32000, low - 1);
+	if to - from < 1000 then
+		from, to = math.max(high + 1, 1024), 65535;
+	end
 	for _ = 1, 100 do
-		local port = math.random(20000, 32000);
+		local port = from <= to and math.random(from, to) or math.random(20000, 32000);
 		local s = socket.bind("127.0.0.1", port);
 		if s then
 			s:close();
@@ -251,7 +263,9 @@ local function launch(self, opts, level)
 		end
 	else
 		-- opts.max_fds raises the fd limit (as far as the hard limit allows).
-		local limit = opts.max_fds and ("ulimit -n %d 2>/dev/null || ulimit -n hard 2>/dev/null; "):format(opts.max_fds) or "";
+		-- (`ulimit -n hard` is bash's; Debian's sh, dash, wants a number.)
+		local limit = opts.max_fds and ("ulimit -n %d 2>/dev/null || ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; ")
+			:format(opts.max_fds) or "";
 		local _, pid = shell(("cd %q && %s%s -F --config %q >%q 2>&1 & echo $!"):format(
 			dir, limit, M.command("prosody", table.concat(env, " ")), self.config_path, dir .. "/console.log"));
 		self.pid = tonumber(pid:match("%d+"));
