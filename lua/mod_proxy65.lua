@@ -33,7 +33,7 @@ local xmlns_bytestreams = bytestreams.xmlns;
 
 -- Read once for the whole server (this module is global).
 local global_options = {
-	"proxy65_activation_timeout", "proxy65_handshake_timeout", "proxy65_relay_mode",
+	"proxy65_partner_timeout", "proxy65_activation_timeout", "proxy65_handshake_timeout", "proxy65_relay_mode",
 	"proxy65_buffer_size", "proxy65_idle_timeout", "proxy65_socket_buffer",
 	"proxy65_max_connections", "proxy65_max_connections_per_ip", "proxy65_max_transfers_per_user",
 	"proxy65_rate_limit", "proxy65_total_rate_limit", "proxy65_max_transfer_bytes",
@@ -46,6 +46,7 @@ local function engine_option(name, field, default)
 end
 local defaults = proxy65.defaults;
 local service_options = {
+	partner_timeout = options.number(module, "proxy65_partner_timeout", defaults.partner_timeout, 0, 86400);
 	activation_timeout = options.number(module, "proxy65_activation_timeout", defaults.activation_timeout, 1, 86400);
 	handshake_timeout = options.number(module, "proxy65_handshake_timeout", defaults.handshake_timeout, 0, 86400);
 	max_connections = options.number(module, "proxy65_max_connections", defaults.max_connections, 0, math.huge, true);
@@ -71,7 +72,9 @@ local bytes_metric = module:metric("counter", "relayed", "bytes", "Bytes relayed
 local active_metric = module:metric("gauge", "active", "", "Active bytestreams"):with_labels();
 local pending_metric = module:metric("gauge", "pending", "", "SOCKS5 connections waiting for their partner or activation"):with_labels();
 local connections_metric = module:metric("gauge", "connections", "", "Sockets held, pending and relayed"):with_labels();
-local half_pairs_metric = module:metric("counter", "half_pairs", "", "Pairs whose target connected and initiator never did, by listening port", { "port" });
+local alone_metric = module:metric("gauge", "awaiting_partner", "", "SOCKS5 connections alone for their hash, waiting for their partner"):with_labels();
+local half_pairs_metric = module:metric("counter", "half_pairs", "", "SOCKS5 connections whose partner never came, by listening port", { "port" });
+local timeouts_metric = module:metric("counter", "timeouts", "", "SOCKS5 connections closed by a timeout, by what they waited for (partner, activation)", { "wait" });
 local limited_metric = module:metric("counter", "rate_limited", "seconds", "Time bytestreams spent waiting for a bandwidth limit"):with_labels();
 
 local function log(level, fmt, ...)
@@ -88,6 +91,8 @@ local function on_count(counter, reason)
 		handshake_metric:with_labels(reason):add(1);
 	elseif counter == "half_pairs" then
 		half_pairs_metric:with_labels(reason):add(1);
+	elseif counter == "timeouts" then
+		timeouts_metric:with_labels(reason):add(1);
 	end
 end
 
@@ -118,6 +123,7 @@ module:hook_global("stats-update", function ()
 	local stats = service:stats();
 	active_metric:set(stats.active);
 	pending_metric:set(stats.pending);
+	alone_metric:set(stats.alone);
 	connections_metric:set(stats.connections);
 	local counted = shared.relayed_counted or 0;
 	if stats.relayed > counted then
@@ -148,6 +154,7 @@ local remove_shell_command = shell.add(module, {
 		local print = self.session.print;
 		print(("Active relays: %d"):format(stats.active));
 		print(("Connections awaiting activation: %d"):format(stats.pending));
+		print(("Of them, waiting for their partner: %d"):format(stats.alone));
 		print(("Finished relays: %d (%d failed, %d timed out)"):format(stats.finished, stats.failed, stats.timed_out));
 		print(("Bytes relayed by finished relays: %d"):format(stats.bytes));
 		return true, ("%d active relays, %d pending connections"):format(stats.active, stats.pending);
@@ -206,10 +213,10 @@ local remove_check_command = shell.add(module, {
 				end
 			end
 		end
-		-- Pairs whose initiator never came: the mark of an address it
-		-- cannot reach.
+		-- Connections whose partner never came: the mark of an address
+		-- the other party cannot reach. Which party came is not known.
 		for port, count in pairs(service.half_pairs) do
-			print(("Port %s: %d pairs whose initiator never connected"):format(port, count));
+			print(("Port %s: %d connections whose partner never connected"):format(port, count));
 		end
 		for _, check in pairs(checkers) do
 			check();
@@ -369,16 +376,24 @@ function module.add_host(module)
 		sha1 = function (data) return sha1(data, true); end,
 		log = function (level, fmt, ...) return module:log(level, fmt, ...); end,
 		refused = function (condition) refused_metric:with_labels(condition):add(1); end,
+		report = function () return reports[host]; end,
 	};
+	-- The requester's address where this server has its session: for the
+	-- streamhosts' order, and to tell its connection from its peer's.
+	local function set_origin(event)
+		ctx.permitted = function (stanza) return is_permitted(event.origin, stanza); end;
+		local origin = event.origin;
+		ctx.origin_ip = origin.type == "c2s" and origin.full_jid == event.stanza.attr.from and origin.ip or nil;
+	end
 
 	module:hook("iq-get/host/" .. xmlns_bytestreams .. ":query", function (event)
-		ctx.permitted = function (stanza) return is_permitted(event.origin, stanza); end;
+		set_origin(event);
 		event.origin.send(bytestreams.query(ctx, event.stanza));
 		return true;
 	end);
 
 	module:hook("iq-set/host/" .. xmlns_bytestreams .. ":query", function (event)
-		ctx.permitted = function (stanza) return is_permitted(event.origin, stanza); end;
+		set_origin(event);
 		event.origin.send(bytestreams.activate(ctx, event.stanza));
 		return true;
 	end);

@@ -91,7 +91,7 @@ describe("mod_proxy65's shell command proxy65:status() #integration", function (
 		assert.truthy(server:wait_log("Transfer " .. sid:gsub("%p", "%%%0") .. " [^\n]*ended %(Operation canceled%)"));
 	end);
 
-	it("reports the streamhost check and pairs whose initiator never came (#19)", function ()
+	it("reports the streamhost check and connections whose partner never came (#19, #27)", function ()
 		local lone = assert(s5.connect(server.ports.proxy65, s5.hash("alone", alice.jid, bob.jid)));
 		lone:close();
 		-- The check runs in the background (name lookups take time), and
@@ -102,9 +102,9 @@ describe("mod_proxy65's shell command proxy65:status() #integration", function (
 			ok, out = server:shell("proxy65:check()");
 			assert.truthy(ok, out);
 			socket.sleep(0.2);
-		until out:match("does not resolve") and out:match("pairs whose initiator") or socket.gettime() > deadline;
+		until out:match("does not resolve") and out:match("connections whose partner") or socket.gettime() > deadline;
 		assert.truthy(out:match("proxy%.localhost: streamhost proxy%.invalid:%d+: proxy%.invalid does not resolve"), out);
-		assert.truthy(out:match("Port %d+: [1-9]%d* pairs whose initiator never connected"), out);
+		assert.truthy(out:match("Port %d+: [1-9]%d* connections whose partner never connected"), out);
 		assert.truthy(out:match("OK: [1-9]%d* problems found; checking again"), out);
 	end);
 

@@ -5,7 +5,8 @@
 -- library, JID functions, access rule and service.
 -- SPDX-License-Identifier: MIT
 
-local ipairs, format = ipairs, string.format;
+local ipairs, next, format = ipairs, next, string.format;
+local sort = table.sort;
 
 local M = {};
 
@@ -21,8 +22,63 @@ local function denied(ctx, stanza)
 	return ctx.st.error_reply(stanza, "auth", "forbidden");
 end
 
+-- "4" or "6" for an IP address, nil for a name.
+local function family(address)
+	if address:match("^::[fF][fF][fF][fF]:%d+%.%d+%.%d+%.%d+$") or address:match("^%d+%.%d+%.%d+%.%d+$") then
+		return "4";
+	elseif address:find(":", 1, true) then
+		return "6";
+	end
+end
+
+-- The streamhosts in the order this requester should try them. Most
+-- clients (Conversations, Dino, Gajim, iris) try only the first, so it
+-- must be one this requester can use: of its address family, and not
+-- found unusable by the last check. streamhosts: list of { host=, port= };
+-- report: the check's entries, one per streamhost, in the same order (or
+-- nil); requester_ip: the requester's address, if known. Stable: the
+-- configured order decides among equals.
+function M.order(streamhosts, report, requester_ip)
+	local want = requester_ip and family(requester_ip);
+	local ranked = {};
+	for i, streamhost in ipairs(streamhosts) do
+		local entry = report and report[i];
+		local families = {};
+		if family(streamhost.host) then
+			families[family(streamhost.host)] = true;
+		elseif entry then
+			for _, address in ipairs(entry.addresses) do
+				families[family(address) or "?"] = true;
+			end
+		end
+		-- 0: of the requester's family (or its family unknown); 1: a name
+		-- not yet resolved; 2: of the other family only.
+		local fits = 0;
+		if want and not families[want] then
+			fits = next(families) == nil and 1 or 2;
+		end
+		ranked[i] = { streamhost = streamhost, fits = fits, index = i,
+			unusable = (entry and not entry.reachable) and 1 or 0 };
+	end
+	sort(ranked, function (a, b)
+		if a.unusable ~= b.unusable then
+			return a.unusable < b.unusable;
+		elseif a.fits ~= b.fits then
+			return a.fits < b.fits;
+		end
+		return a.index < b.index;
+	end);
+	local ordered = {};
+	for i, rank in ipairs(ranked) do
+		ordered[i] = rank.streamhost;
+	end
+	return ordered;
+end
+
 -- An <iq type='get'> query: the streamhosts. ctx.streamhosts: list of
--- { host=, port= } (port nil: the first port we listen on, ctx.port()).
+-- { host=, port= } (port nil: the first port we listen on, ctx.port());
+-- ctx.report (function() -> the last check's report, or nil) and
+-- ctx.origin_ip (the requester's address, if known) order them (M.order).
 function M.query(ctx, stanza)
 	local refusal = denied(ctx, stanza);
 	if refusal then
@@ -34,7 +90,7 @@ function M.query(ctx, stanza)
 		return ctx.st.error_reply(stanza, "wait", "item-not-found", "Not listening on any port");
 	end
 	local reply = ctx.st.reply(stanza):tag("query", { xmlns = M.xmlns, sid = stanza.tags[1].attr.sid });
-	for _, streamhost in ipairs(ctx.streamhosts) do
+	for _, streamhost in ipairs(M.order(ctx.streamhosts, ctx.report and ctx.report(), ctx.origin_ip)) do
 		reply:tag("streamhost", { jid = ctx.host, host = streamhost.host,
 			port = format("%d", streamhost.port or port) }):up();
 	end
@@ -70,6 +126,7 @@ function M.activate(ctx, stanza)
 	local hash = ctx.sha1(sid .. from .. prepped_to);
 	local ok, condition, text = ctx.service:activate(hash, {
 		sid = sid, initiator = from, user = ctx.jid_bare(from), target = prepped_to,
+		initiator_ip = ctx.origin_ip,
 	});
 	if ok then
 		ctx.log("debug", "Activated %s (sid %q, initiator %s, target %s)", hash, sid, from, prepped_to);

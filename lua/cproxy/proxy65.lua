@@ -59,8 +59,12 @@ local function detach(conn)
 end
 
 -- The service's settings, with their defaults; 0 turns a limit or a
--- timeout off. Timeouts are in seconds.
+-- timeout off. Timeouts are in seconds. A connection alone for its hash
+-- waits for its partner as long as a person may take to accept a file
+-- (Conversations connects before it even offers one); once both are there,
+-- the activation follows within seconds.
 local defaults = {
+	partner_timeout = 900;
 	activation_timeout = 60;
 	handshake_timeout = 10;
 	max_connections = 0; -- sockets held, pending and relayed
@@ -73,8 +77,9 @@ M.defaults = defaults;
 -- (net.server), timer (util.timer), now (a clock in seconds, e.g.
 -- util.time.now), log (function(level, fmt, ...)),
 -- on_finished (function(result, pair)), on_count (function(counter,
--- reason), for metrics: counter is "handshake_failures" or "half_pairs"
--- (reason: the listening port)).
+-- reason), for metrics: counter is "handshake_failures", "half_pairs"
+-- (reason: the listening port) or "timeouts" (reason: "partner" or
+-- "activation", what the connection waited for)).
 function M.new(opts)
 	local engine, err = core.engine(opts.engine);
 	if not engine then
@@ -85,12 +90,15 @@ function M.new(opts)
 		server = opts.server;
 		timer = opts.timer;
 		sessions = {}; -- conn -> session, until handed to the engine
-		pairs = {}; -- hash -> { hash=, target=session, initiator=session, relay_id=, ... }
+		-- hash -> { hash=, first=session, second=session, relay_id=, ... }:
+		-- first and second in order of arrival, which says nothing of who is
+		-- who (Conversations' requester comes first, a legacy one second).
+		pairs = {};
 		relays = {}; -- relay id -> pair
 		connections = 0; -- sockets held: sessions, and two per relay
 		by_ip = {}; -- source address -> sockets held
 		by_user = {}; -- initiator's bare JID -> active relays
-		half_pairs = {}; -- listening port -> pairs whose initiator never came
+		half_pairs = {}; -- listening port -> connections whose partner never came
 	}, service_mt);
 	self:configure(opts);
 	self.watcher = self.server.watchfd(engine:getfd(), function ()
@@ -179,7 +187,21 @@ local function unwatch(session)
 	end
 end
 
--- Forgets a session that closed before activation, and its partner.
+-- The other connection of a session's pair, if it has one.
+function service_mt:partner_of(session)
+	local pair = session.hash and self.pairs[session.hash];
+	if not pair or pair.relay_id then
+		return nil;
+	elseif pair.first == session then
+		return pair.second;
+	elseif pair.second == session then
+		return pair.first;
+	end
+end
+
+-- Forgets a session that closed before activation. Its partner, if any,
+-- stays and waits for another: iris connects to every streamhost at once
+-- and closes those it did not choose, and the requester is still to come.
 function service_mt:drop(session)
 	if session.timer then
 		self.timer.stop(session.timer);
@@ -191,20 +213,26 @@ function service_mt:drop(session)
 	self.sessions[session.conn] = nil;
 	release(self, session.ip);
 	local pair = session.hash and self.pairs[session.hash];
-	if pair and not pair.relay_id and (pair.target == session or pair.initiator == session) then
-		self.pairs[session.hash] = nil;
-		if not pair.initiator then
-			-- The target came, the initiator never did: the signature of a
-			-- streamhost address the initiator cannot reach.
-			local port = tostring(session.port or "?");
-			self.half_pairs[port] = (self.half_pairs[port] or 0) + 1;
-			self.on_count("half_pairs", port);
-		end
-		local other = pair.target == session and pair.initiator or pair.target;
-		if other then
-			self:close_session(other);
-		end
+	if not pair or pair.relay_id or (pair.first ~= session and pair.second ~= session) then
+		return;
 	end
+	if not session.partnered then
+		-- Alone to the end: the signature of a streamhost address the
+		-- other party cannot reach.
+		local port = tostring(session.port or "?");
+		self.half_pairs[port] = (self.half_pairs[port] or 0) + 1;
+		self.on_count("half_pairs", port);
+	end
+	local other = pair.first;
+	if other == session then
+		other = pair.second;
+	end
+	if not other then
+		self.pairs[session.hash] = nil;
+		return;
+	end
+	pair.first, pair.second = other, nil;
+	self:expire_in(other, "partner");
 end
 
 -- Closes a connection not yet handed to the engine.
@@ -234,28 +262,70 @@ function service_mt:park(session)
 end
 
 -- A parked socket turned readable: bytes stay for the relay, and watching
--- stops (they would keep it readable). A FIN is the end of the initiator's
--- stream, relayed after any bytes before it: an initiator with nothing to
--- send may close at once, before its activation is even answered (gloox
--- does). From the target, which sends nothing before activation, a FIN
--- with no byte before it means it has left; so does an error from either.
+-- stops (they would keep it readable). Either side may send its bytes and
+-- its FIN before the activation is answered, and a sender with nothing to
+-- send may close at once (gloox does): once paired, a FIN is the end of
+-- that side's stream, relayed after any bytes before it. Alone, a FIN with
+-- no byte before it means the client has left; so does an error from
+-- either. Returns the probe's state.
 function service_mt:probe(session)
 	if self.sessions[session.conn] ~= session then
-		return unwatch(session);
+		unwatch(session);
+		return "gone";
 	end
 	local state, err = session.parked:probe();
 	local pair = self.pairs[session.hash];
-	local initiator = pair and pair.initiator == session;
-	if state == "data" or (state == "eof" and (session.early ~= "" or initiator)) then
-		unwatch(session); -- relayed once activated, or closed by the activation timeout
+	local paired = pair and pair.first and pair.second;
+	if state == "data" or (state == "eof" and (session.early ~= "" or paired)) then
+		session.ended_empty = state == "eof" and session.early == "";
+		unwatch(session); -- relayed once activated, or closed by a timeout
+		local partner = self:partner_of(session);
+		if session.ended_empty and partner and partner.ended_empty then
+			-- Both ended without a byte: nothing to relay, and no one left.
+			self.log("debug", "Both SOCKS5 clients for %s left before activation", session.hash);
+			self:close_session(session);
+			self:close_session(partner);
+			return "gone";
+		end
 	elseif state == "eof" or not state then
 		self.log("debug", "SOCKS5 client for %s left before activation (%s)", session.hash, err or "closed");
 		self:close_session(session);
+		return "gone";
 	end
+	return state;
 end
 
--- Closes `session` after `seconds` (unless 0) unless it moves on first.
-function service_mt:expire_in(session, seconds, why)
+-- Both places of a pair are taken and a third connection comes. A place
+-- whose client has gone, or ended its stream without a byte, is freed for
+-- it: that is iris closing a streamhost it did not choose, the FIN perhaps
+-- not yet seen by the loop. Returns whether a place is free now.
+function service_mt:make_room(pair)
+	for _, session in ipairs({ pair.second, pair.first }) do
+		if self:probe(session) ~= "gone" and session.ended_empty then
+			self.log("debug", "SOCKS5 client for %s ended its stream empty before activation: its place goes to a newcomer",
+				session.hash);
+			self:close_session(session);
+		end
+		if not (pair.first and pair.second) then
+			return true;
+		end
+	end
+	return false;
+end
+
+-- What a connection waits for, its timeout setting, and the words for
+-- the log: its handshake, then its partner, then the activation.
+local waits = {
+	handshake = { "handshake_timeout", "no complete SOCKS5 request" };
+	partner = { "partner_timeout", "no partner came" };
+	activation = { "activation_timeout", "not activated" };
+};
+
+-- Closes `session` once the wait for `what` (a key of waits) has lasted its
+-- timeout (none if 0), unless it moves on first.
+function service_mt:expire_in(session, what)
+	local setting, why = waits[what][1], waits[what][2];
+	local seconds = self[setting];
 	if session.timer then
 		self.timer.stop(session.timer);
 		session.timer = nil;
@@ -267,10 +337,19 @@ function service_mt:expire_in(session, seconds, why)
 		session.timer = nil;
 		if self.sessions[session.conn] == session then
 			self.log("debug", "Closing a SOCKS5 connection from %s: %s within %gs", session.ip, why, seconds);
-			if not session.hash then
+			if what == "handshake" then
 				self.on_count("handshake_failures", "timeout");
+			else
+				self.on_count("timeouts", what);
 			end
+			-- The activation timeout is the pair's: its partner goes too,
+			-- rather than waiting alone for another.
+			local partner = what == "activation" and self:partner_of(session);
 			self:close_session(session);
+			if partner then
+				self.on_count("timeouts", what);
+				self:close_session(partner);
+			end
 		end
 	end);
 end
@@ -290,10 +369,11 @@ function service_mt:request_done(session, parser, hash)
 		return refuse(self, session, parser, session.over_limit, true);
 	end
 	local pair = self.pairs[hash];
-	if pair and (pair.initiator or pair.relay_id) then
+	if pair and (pair.relay_id or (pair.second and not self:make_room(pair))) then
 		self.log("debug", "Refusing a third connection for %s", hash);
 		return refuse(self, session, parser, "hash-in-use");
 	end
+	pair = self.pairs[hash]; -- gone if make_room closed its last place
 	local ok, err = send_now(conn, parser:accept());
 	if not ok then
 		self.log("debug", "Could not send the SOCKS5 reply: %s", err);
@@ -302,13 +382,17 @@ function service_mt:request_done(session, parser, hash)
 	end
 	session.hash = hash;
 	self:park(session);
-	self:expire_in(session, self.activation_timeout, "not activated");
 	if pair then
-		pair.initiator = session;
-		self.log("debug", "SOCKS5 initiator connected for %s", hash);
+		pair.second = session;
+		for _, each in ipairs({ pair.first, session }) do
+			each.partnered = true;
+			self:expire_in(each, "activation");
+		end
+		self.log("debug", "SOCKS5 connection for %s paired, waiting for activation", hash);
 	else
-		self.pairs[hash] = { hash = hash, target = session };
-		self.log("debug", "SOCKS5 target connected for %s", hash);
+		self.pairs[hash] = { hash = hash, first = session };
+		self:expire_in(session, "partner");
+		self.log("debug", "SOCKS5 connection for %s waiting for its partner", hash);
 	end
 end
 
@@ -326,7 +410,7 @@ function service_mt:make_listener()
 			session.over_limit = self:over_limit(ip);
 			hold(self, ip);
 			self.sessions[conn] = session;
-			self:expire_in(session, self.handshake_timeout, "no complete SOCKS5 request");
+			self:expire_in(session, "handshake");
 		end
 		return session;
 	end
@@ -393,11 +477,29 @@ local function take_fd(session)
 	return session.parked:release(), "";
 end
 
+-- Which of a pair's connections is the initiator's. Both sent the same
+-- hash, so the proxy can tell only where it knows the initiator's address
+-- (a local client's session) and exactly one of the two came from there.
+-- Otherwise the first to connect is taken as the target, as in legacy
+-- XEP-0065 order. -> target, initiator, known
+local function sides(pair, initiator_ip)
+	local first, second = pair.first, pair.second;
+	if initiator_ip and first.ip ~= second.ip then
+		if first.ip == initiator_ip then
+			return second, first, true;
+		elseif second.ip == initiator_ip then
+			return first, second, true;
+		end
+	end
+	return first, second, false;
+end
+
 -- XEP-0065 activation of the pair with this hash. who: { sid=,
--- initiator= (full JID), user= (its bare JID), target= (JID) }, for limits
--- and logs. Returns true, or nil and one of: "item-not-found" (unknown
--- hash), "not-allowed" (not both connected, or already active),
--- "resource-constraint" (over a limit), "internal"; and a text.
+-- initiator= (full JID), user= (its bare JID), target= (JID),
+-- initiator_ip= (if known) }, for limits and logs. Returns true, or nil
+-- and one of: "item-not-found" (unknown hash), "not-allowed" (not both
+-- connected, or already active), "resource-constraint" (over a limit),
+-- "internal"; and a text.
 function service_mt:activate(hash, who)
 	local pair = self.pairs[hash];
 	if not pair then
@@ -406,14 +508,14 @@ function service_mt:activate(hash, who)
 	if pair.relay_id then
 		return nil, "not-allowed", "The bytestream is already active";
 	end
-	if not pair.initiator then
-		return nil, "not-allowed", "The initiator is not connected to the proxy";
+	if not pair.second then
+		return nil, "not-allowed", "Only one party is connected to the proxy";
 	end
 	local user = who and who.user or "?";
 	if self.max_transfers_per_user > 0 and (self.by_user[user] or 0) >= self.max_transfers_per_user then
 		return nil, "resource-constraint", "Too many active transfers";
 	end
-	local target, initiator = pair.target, pair.initiator;
+	local target, initiator, known = sides(pair, who and who.initiator_ip);
 	for _, session in ipairs({ target, initiator }) do
 		session.handed_over = true;
 		if session.timer then
@@ -437,20 +539,31 @@ function service_mt:activate(hash, who)
 	end
 	self.by_user[user] = (self.by_user[user] or 0) + 1;
 	pair.relay_id = id;
-	pair.target, pair.initiator = nil, nil; -- the conns are gone
+	pair.first, pair.second = nil, nil; -- the conns are gone
 	pair.sid, pair.initiator_jid, pair.target_jid = who and who.sid, who and who.initiator, who and who.target;
+	pair.sides_known = known;
+	if not known then
+		self.log("debug", "Transfer %s: which connection is the initiator's cannot be told (from %s and %s);"
+			.. " the first to connect is counted as the target's", pair.sid or hash, target.ip, initiator.ip);
+	end
 	pair.started = self.now();
 	self.relays[id] = pair;
 	return true;
 end
 
--- The engine's stats, plus pending (connections not yet relayed) and
--- connections (sockets held).
+-- The engine's stats, plus pending (connections not yet relayed), alone
+-- (those of them still waiting for their partner) and connections
+-- (sockets held).
 function service_mt:stats()
 	local stats = self.engine:stats();
-	stats.pending = 0;
+	stats.pending, stats.alone = 0, 0;
 	for _ in pairs(self.sessions) do
 		stats.pending = stats.pending + 1;
+	end
+	for _, pair in pairs(self.pairs) do
+		if not pair.relay_id and not pair.second then
+			stats.alone = stats.alone + 1;
+		end
 	end
 	stats.connections = self.connections;
 	return stats;

@@ -35,7 +35,8 @@ local OPTIONS = {
 	{ "acl", "string", nil, "JIDs or domains allowed to use the proxy, comma-separated; default: anyone" },
 	{ "name", "string", "SOCKS5 Bytestreams Service", "the disco identity's name" },
 	{ "handshake-timeout", "number", proxy65.defaults.handshake_timeout, "seconds to complete the SOCKS5 request" },
-	{ "activation-timeout", "number", proxy65.defaults.activation_timeout, "seconds to wait for activation" },
+	{ "partner-timeout", "number", proxy65.defaults.partner_timeout, "seconds a connection alone for its hash waits for its partner; 0: no limit" },
+	{ "activation-timeout", "number", proxy65.defaults.activation_timeout, "seconds a pair waits for activation" },
 	{ "idle-timeout", "integer", 300, "seconds a bytestream may be idle; 0: never" },
 	{ "max-connections", "integer", 0, "sockets held at once; 0: no limit" },
 	{ "max-connections-per-ip", "integer", 0, "sockets from one address; 0: no limit" },
@@ -305,6 +306,7 @@ function M.main(args, env)
 
 	local loop = loop_lib.new();
 	local service, serr = proxy65.new({
+		partner_timeout = opts["partner-timeout"];
 		activation_timeout = opts["activation-timeout"];
 		handshake_timeout = opts["handshake-timeout"];
 		max_connections = opts["max-connections"];
