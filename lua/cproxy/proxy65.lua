@@ -498,15 +498,19 @@ end
 -- initiator= (full JID), user= (its bare JID), target= (JID),
 -- initiator_ip= (if known) }, for limits and logs. Returns true, or nil
 -- and one of: "item-not-found" (unknown hash), "not-allowed" (not both
--- connected, or already active), "resource-constraint" (over a limit),
--- "internal"; and a text.
+-- connected), "resource-constraint" (over a limit), "internal"; and a
+-- text. Activating an active bytestream again succeeds and changes nothing.
 function service_mt:activate(hash, who)
 	local pair = self.pairs[hash];
 	if not pair then
 		return nil, "item-not-found";
 	end
 	if pair.relay_id then
-		return nil, "not-allowed", "The bytestream is already active";
+		-- The hash names sid, initiator and target, so this is the same
+		-- initiator asking again: Smack's Jingle S5B activates twice, and
+		-- gives up on an error. Answered as the built-in does, with success.
+		self.log("debug", "Transfer %s is already active: activated again", pair.sid or hash);
+		return true;
 	end
 	if not pair.second then
 		return nil, "not-allowed", "Only one party is connected to the proxy";
