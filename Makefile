@@ -44,7 +44,7 @@ PROSODY13_TARBALL ?= ../shared/third_party/prosody-$(PROSODY13_VERSION).tar.gz
 PROSODY13 = $(BUILD)/prosody-$(PROSODY13_VERSION)
 PROSODY_BUILD_DEPS = libidn2-dev libicu-dev
 
-.PHONY: all clean deps check check-prosody13 test stress bench run install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability deps-ejabberd deps-slixmpp deps-gloox
+.PHONY: all clean deps check check-prosody13 test stress bench run install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability deps-recommends deps-ejabberd deps-slixmpp deps-gloox
 
 all: $(CORE)
 
@@ -151,6 +151,14 @@ deps-slixmpp:
 # where it is missing. CI installs it.
 deps-gloox:
 	@sh tools/install-deps libgloox-dev g++ pkg-config
+
+# Prosody's recommended packages, which `apt-get install prosody` brings
+# unless told not to: with lua-unbound Prosody resolves through libunbound
+# (every localhost name is loopback), without it through its own resolver.
+# Operators have both, so CI runs `make check` without them and the rest
+# with them.
+deps-recommends:
+	@sh tools/install-deps lua-unbound lua-event lua-readline
 
 # The tools of the fuzz, sanitizer and valgrind runs (Debian 12 packages).
 RELIABILITY_DEPS = clang libclang-rt-14-dev valgrind
