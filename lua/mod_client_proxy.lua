@@ -76,8 +76,10 @@ end
 local senders = shared.recent;
 senders.window = contact_window;
 
--- A resource holds at most 1023 bytes (RFC 7622): a longer sender JID
--- cannot be written into component/JID.
+-- A resource holds at most 1023 bytes (RFC 7622), a full JID up to 3071: a
+-- longer sender JID cannot be written into component/JID, and gets a tag
+-- instead (as with client_proxy_addressing = "tag"), which replies and the
+-- implementing client's own requests reach it through.
 local RESOURCE_MAX = 1023;
 
 -- The address part for `sender` (a full JID) in component/ADDRESS, or nil
@@ -88,7 +90,7 @@ local peer_of;
 if addressing == "jid" then
 	function address_of(sender, now)
 		if #sender > RESOURCE_MAX then
-			return nil;
+			return (key:encode(sender));
 		end
 		senders:put(sender, now);
 		return sender;
@@ -101,6 +103,10 @@ if addressing == "jid" then
 		local prepped = jid_prep(address); -- as the implementing client may have spelled it
 		if prepped and prepped ~= address and senders:has(prepped, now) then
 			return prepped;
+		end
+		local long = #address == cproxy.core.jat_tag_length and key:decode(address);
+		if long then
+			return long;
 		end
 		return nil, prepped and "unknown" or "invalid";
 	end
@@ -125,8 +131,14 @@ local measure_refused = module:measure("refused", "counter");
 -- drop a label set, and a client with random resources would add one on
 -- every login.
 local pending_gauge = module:metric("gauge", "pending", "", "IQ requests in flight, both ways", {}):with_labels();
+local available_gauge = module:metric("gauge", "targets_available", "",
+	"Resources of the implementing client that requests can be routed to", {}):with_labels();
+local measure_bad_answers = module:measure("bad_answers", "counter");
 
 local pool = assert(resources.new(policy, preferred));
+-- Whether the target's sessions are tracked in this process (see
+-- track_sessions, below) rather than through a presence subscription.
+local tracking_locally = false;
 -- Only least_pending reads the requests in flight per resource: the other
 -- policies skip that bookkeeping on every request.
 local per_resource = policy == "least_pending";
@@ -145,7 +157,22 @@ local sweep_timer;
 
 module:hook_global("stats-update", function ()
 	pending_gauge:set(inflight.count);
+	available_gauge:set(pool:count());
 end);
+
+-- Says once, when the last resource goes (or the first request finds
+-- none), that requests now fail, and once when one is back.
+local none_logged = false;
+local function log_availability()
+	local available = pool:count() > 0;
+	if not available and not none_logged then
+		none_logged = true;
+		module:log("warn", "No resource of %s is available: requests get service-unavailable until one is", target);
+	elseif available and none_logged then
+		none_logged = false;
+		module:log("info", "%s is available again", target);
+	end
+end
 
 -- An error to whoever sent the request of `record`, as if from the address
 -- the request was sent to.
@@ -201,12 +228,13 @@ local function take_record()
 	return {
 		kind = "in", sender = false, via = false, id = false, address = false, stanza = false,
 		resource = false, fresh_id = false, owner = false, deadline = 0, sent_from = false, sent_to = false,
+		tried = false,
 	};
 end
 
 local function give_back(record)
 	if spare_count < SPARE_MAX then
-		record.stanza = false; -- let the stanza go
+		record.stanza, record.tried = false, false; -- let the stanza go
 		spare_count = spare_count + 1;
 		spare[spare_count] = record;
 	end
@@ -250,12 +278,13 @@ local function route_request(stanza)
 		module:send(st.error_reply(stanza, "modify", "bad-request", "An IQ request needs an id"));
 		return true;
 	end
-	local resource = pool:choose(sender);
+	local now = time_now();
+	local resource = pool:choose(sender, now);
 	if not resource then
+		log_availability();
 		module:send(st.error_reply(stanza, "cancel", "service-unavailable", "No implementing client is available"));
 		return true;
 	end
-	local now = time_now();
 	local address = address_of(sender, now);
 	if not address then
 		module:send(st.error_reply(stanza, "modify", "jid-malformed", "The sender's address is too long to be carried"));
@@ -280,7 +309,7 @@ local function reroute(record, gone)
 	if per_resource then
 		pool:add_pending(gone, -1);
 	end
-	local other = record.stanza and pool:choose(record.sender);
+	local other = record.stanza and pool:choose(record.sender, time_now(), record.tried or nil);
 	if other then
 		measure_failovers(1);
 		module:log("debug", "Re-sent %s's %s from %s to %s", record.sender, record.id, gone, other);
@@ -316,12 +345,30 @@ local function resource_gone(resource)
 		module:log("debug", "%s/%s is unavailable", target, resource);
 	end
 	fail_over(resource);
+	log_availability();
 end
 
 local function all_gone()
 	for _, resource in ipairs(pool:clear()) do
 		fail_over(resource);
 	end
+	log_availability();
+end
+
+local function resource_available(resource, priority)
+	if not pool:has(resource) then
+		module:log("debug", "%s/%s is available (priority %d)", target, resource, priority);
+	end
+	pool:set(resource, priority);
+	log_availability();
+end
+
+-- A presence's priority, as Prosody reads it: an integer from -128 to 127,
+-- 0 when missing or malformed.
+local function priority_of(stanza)
+	local text = stanza:get_child_text("priority");
+	local priority = text and match(text, "^[+-]?%d+$") and tonumber(text) or 0;
+	return priority < -128 and -128 or priority > 127 and 127 or priority;
 end
 
 -- Asks for the target's presence and subscribes to it. Harmless to repeat.
@@ -337,13 +384,14 @@ end
 local function on_target_presence(stanza)
 	local _, _, resource = jid_split(stanza.attr.from);
 	local type_ = stanza.attr.type;
+	if tracking_locally and type_ ~= "subscribe" and type_ ~= "probe" then
+		-- The sessions say it all; presence from an old subscription would
+		-- only repeat it, or (unsubscribed, error) wrongly clear it.
+		return true;
+	end
 	if type_ == nil then
 		if resource then
-			local priority = tonumber(stanza:get_child_text("priority")) or 0;
-			if not pool:has(resource) then
-				module:log("debug", "%s/%s is available (priority %d)", target, resource, priority);
-			end
-			pool:set(resource, priority);
+			resource_available(resource, priority_of(stanza));
 		end
 	elseif type_ == "unavailable" then
 		if resource then
@@ -359,7 +407,9 @@ local function on_target_presence(stanza)
 		module:log("info", "%s accepted the subscription", target);
 		module:send(st.presence({ type = "probe", from = host, to = target }));
 	elseif type_ == "unsubscribed" then
-		module:log("warn", "%s has not accepted this component's subscription: no request can be routed until it does", target);
+		module:log("warn", "%s has not accepted this component's subscription, and is not an account of this server"
+			.. " whose sessions could be seen directly: no request can be routed until its roster has the"
+			.. " subscription (lost with the roster entry, as after an upgrade or a failed mod_roster_command)", target);
 		all_gone();
 	elseif type_ == "probe" then
 		module:send(st.presence({ from = host, to = stanza.attr.from }));
@@ -385,8 +435,65 @@ local function answered_by(stanza)
 	end
 end
 
+-- Errors a healthy implementation does not send for a request it can
+-- answer: the resource is broken or misconfigured (jitsi-meet #14049), not
+-- the request.
+local BAD_ANSWERS = {
+	["service-unavailable"] = true, ["feature-not-implemented"] = true, ["recipient-unavailable"] = true,
+};
+local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
+
+local function is_bad_answer(stanza)
+	local err = stanza.attr.type == "error" and stanza:get_child("error");
+	if not err then
+		return false;
+	end
+	for condition in err:childtags(nil, xmlns_stanzas) do
+		if condition.name ~= "text" then
+			return BAD_ANSWERS[condition.name] == true;
+		end
+	end
+	return false;
+end
+
+-- A bad answer to a user's request: counted against the resource, and a
+-- get is tried on another resource it has not been to (a set may have
+-- taken effect, so it is never repeated). Returns true if it was re-sent.
+local function retry_elsewhere(record)
+	local now, resource = time_now(), record.resource;
+	measure_bad_answers(1);
+	if pool:failed(resource, now) then
+		module:log("warn", "%s/%s keeps answering with errors a working implementation would not send:"
+			.. " it gets no requests for %d s", target, resource, resources.QUARANTINE_SECONDS);
+	end
+	if not record.stanza then
+		return false;
+	end
+	local tried = record.tried or {};
+	tried[resource] = true;
+	record.tried = tried;
+	local other = pool:choose(record.sender, now, tried);
+	if not other then
+		return false;
+	end
+	if per_resource then
+		pool:add_pending(resource, -1);
+	end
+	measure_failovers(1);
+	module:log("debug", "Re-sent %s's %s from %s, which failed it, to %s", record.sender, record.id, resource, other);
+	dispatch(record, st.clone(record.stanza), other);
+	return true;
+end
+
 -- A reply from the target to a user's request: passed back to the user.
 local function on_target_reply(stanza, record)
+	if is_bad_answer(stanza) then
+		if retry_elsewhere(record) then
+			return true;
+		end
+	else
+		pool:succeeded(record.resource);
+	end
 	finish(record);
 	measure_replies(1);
 	stanza.attr.from, stanza.attr.to, stanza.attr.id = record.via, record.sender, record.id;
@@ -528,8 +635,9 @@ local function on_stanza(event)
 		return on_user_reply(stanza);
 	end
 	-- A message from a user.
-	local resource = pool:choose(from);
+	local resource = pool:choose(from, time_now());
 	if not resource then
+		log_availability();
 		if stanza.attr.type ~= "error" then
 			module:send(st.error_reply(stanza, "cancel", "service-unavailable", "No implementing client is available"));
 		end
@@ -554,18 +662,73 @@ for _, kind in ipairs({ "iq", "message", "presence" }) do
 	end
 end
 
--- Start-up order must not matter: subscribe now if the target's host is
--- up, and again whenever it (re)activates. The priority lets the module
--- manager load that host's modules (roster, presence) first.
+-- A target that is an account of this server (Jitsi's focus@auth.domain)
+-- has its sessions in this process: they are tracked directly, with no
+-- subscription. The roster entry a subscription needs is what Jitsi
+-- deployments lose most (jicofo #849, jitsi-meet #8388): without it a
+-- subscribed component learns no presence and answers every request with
+-- service-unavailable.
+local function track_sessions()
+	if tracking_locally then
+		return;
+	end
+	tracking_locally = true;
+	module:log("debug", "Tracking %s's sessions on this server, with no subscription", target);
+	local on_target_host = module:context(target_host);
+	-- Each available session now.
+	local user = prosody.bare_sessions[target];
+	for resource, session in pairs(user and user.sessions or {}) do
+		if session.presence then
+			resource_available(resource, priority_of(session.presence));
+		end
+	end
+	-- A session's own presence, as it broadcasts it (no 'to'): before
+	-- mod_presence handles it, and left for it to handle.
+	on_target_host:hook("presence/bare", function (event)
+		local origin, stanza = event.origin, event.stanza;
+		if origin.type ~= "c2s" or origin.username ~= target_node or stanza.attr.to ~= nil or not origin.resource then
+			return;
+		end
+		local type_ = stanza.attr.type;
+		if type_ == nil then
+			resource_available(origin.resource, priority_of(stanza));
+		elseif type_ == "unavailable" then
+			resource_gone(origin.resource);
+		end
+	end, 10);
+	on_target_host:hook("resource-unbind", function (event)
+		local session = event.session;
+		if session.username == target_node and session.resource then
+			resource_gone(session.resource);
+		end
+	end);
+end
+
+-- Start-up order must not matter: once the target's host is up (now, or
+-- whenever it (re)activates), its sessions are tracked if it is one of
+-- this server's, and the component subscribes to the target's presence,
+-- which a remote target's resources are learnt from.
+-- The priority lets the module manager load that host's modules (roster,
+-- presence) first.
+local function target_host_up()
+	local target_host_session = prosody.hosts[target_host];
+	if target_host_session and target_host_session.type == "local" then
+		track_sessions();
+	end
+	-- Also for a local target: harmless, and what the module this one
+	-- replaces does, so an implementing client that waits for it is served.
+	subscribe();
+end
+
 module:hook_global("host-activated", function (activated)
 	if activated == target_host then
-		subscribe();
+		target_host_up();
 	end
 end, -100);
 
 -- A local target host that is not up yet will announce itself.
 if prosody.hosts[target_host] or not require "core.configmanager".getconfig()[target_host] then
-	subscribe();
+	target_host_up();
 end
 
 function module.unload()

@@ -208,4 +208,76 @@ describe("cproxy.resources", function ()
 		_, seen = pick(pool, 50);
 		assert.same({ a = 50 }, seen);
 	end);
+
+	-- jitsi-meet #14049: a session that answered feature-not-implemented
+	-- kept its share of the requests for months (#28).
+	describe(":failed", function ()
+		local AFTER, SECONDS = resources.QUARANTINE_AFTER, resources.QUARANTINE_SECONDS;
+
+		it("quarantines a resource after bad answers in a row, until its time is up", function ()
+			for _, policy in ipairs(resources.policies) do
+				local pool = pool_of(policy, { "good", "bad" });
+				for i = 1, AFTER - 1 do
+					assert.is_false(pool:failed("bad", 100), policy .. " " .. i);
+				end
+				assert.is_true(pool:failed("bad", 100));
+				assert.is_true(pool:is_quarantined("bad"));
+				local _, seen = pick(pool, 50, "alice@example");
+				assert.same({ good = 50 }, seen, policy);
+				-- Still out just before the end, back in at it.
+				assert.equal("good", pool:choose("alice@example", 100 + SECONDS - 1));
+				local back = false;
+				for _ = 1, 200 do
+					back = back or pool:choose("bob@example/" .. _, 100 + SECONDS) == "bad";
+				end
+				assert.is_true(back, policy);
+				assert.is_false(pool:is_quarantined("bad"));
+			end
+		end);
+
+		it("starts the count over after a good answer", function ()
+			local pool = pool_of("random", { "a", "b" });
+			for _ = 1, 5 do
+				for _ = 1, AFTER - 1 do
+					assert.is_false(pool:failed("a", 0));
+				end
+				pool:succeeded("a");
+			end
+			assert.is_false(pool:is_quarantined("a"));
+		end);
+
+		it("routes to quarantined resources when nothing else is there, and passes a quarantined preferred one by", function ()
+			local pool = pool_of("round_robin", { "a", "b" }, { "a" });
+			for _ = 1, AFTER do
+				pool:failed("a", 0);
+			end
+			assert.equal("b", pool:choose("x", 1));
+			pool:failed("b", 0); pool:failed("b", 0); pool:failed("b", 0);
+			local _, seen = pick(pool, 20);
+			assert_only(seen, { a = true, b = true });
+			assert.equal(20, (seen.a or 0) + (seen.b or 0));
+		end);
+
+		it("forgets a resource's record when it goes away", function ()
+			local pool = pool_of("random", { "a", "b" });
+			for _ = 1, AFTER do
+				pool:failed("a", 0);
+			end
+			pool:remove("a");
+			pool:set("a", 0);
+			assert.is_false(pool:is_quarantined("a"));
+		end);
+	end);
+
+	describe(":choose with resources to exclude", function ()
+		it("picks among the others, at the best priority they have, or none", function ()
+			local pool = pool_of("round_robin", { "a", "b" });
+			pool:set("c", -1);
+			for _ = 1, 10 do
+				assert.equal("b", pool:choose("x", 0, { a = true }));
+			end
+			assert.equal("c", pool:choose("x", 0, { a = true, b = true }));
+			assert.is_nil(pool:choose("x", 0, { a = true, b = true, c = true }));
+		end);
+	end);
 end);

@@ -282,20 +282,23 @@ describe("mod_client_proxy #integration", function ()
 		assert.equal("auth/not-authorized", condition(assert(alice:await_iq())));
 	end);
 
-	it("answers jid-malformed to a sender whose full JID is too long for a resource", function ()
+	-- A resource holds 1,023 bytes, a full JID up to 3,071 (#28).
+	it("carries a sender whose full JID is too long for a resource as a tag, both ways", function ()
 		local svc = implementing(server, "plain", { "a" });
 		local long = login(server, "alice", ("r"):rep(1020)); -- 1036 bytes in all
-		local tagged = implementing(server, "tagged", { "a" });
-		finally(function () close_all({ svc[1], tagged[1], long }); end);
-		local reply = assert(long:request(request("plain.localhost")));
-		assert.equal("modify/jid-malformed", condition(reply));
-		long:send(st.message({ to = "plain.localhost", type = "chat" }):tag("body"):text("hi"):up());
-		assert.equal("modify/jid-malformed", condition(assert(long:await_message())));
-		assert.same({}, delivered(svc[1], 0.2));
-		-- a tag carries it
-		long:send(request("tagged.localhost", "get", "long-1"));
-		answer(tagged[1], assert(tagged[1]:await(is_request)));
+		finally(function () close_all({ svc[1], long }); end);
+		long:send(request("plain.localhost", "get", "long-1"));
+		local req = assert(svc[1]:await(is_request));
+		local tag = req.attr.from:match("^plain%.localhost/(.+)$");
+		assert.equal(16, #tag); -- an opaque tag, not a JID
+		answer(svc[1], req);
 		assert.equal("long-1", assert(long:await_iq("result")).attr.id);
+		-- A message, and the implementing client's own request, reach it.
+		long:send(st.message({ to = "plain.localhost", type = "chat" }):tag("body"):text("hi"):up());
+		local message = assert(svc[1]:await_message());
+		assert.equal("plain.localhost/" .. tag, message.attr.from);
+		svc[1]:send(st.message({ to = "plain.localhost/" .. tag, type = "chat" }):tag("body"):text("back"):up());
+		assert.equal("back", assert(long:await_message()):get_child_text("body"));
 	end);
 
 	it("answers an IQ request without an id, as s2s and components may send, with bad-request (#17)", function ()
@@ -575,7 +578,9 @@ describe("mod_client_proxy #integration", function ()
 	it("pins requests to the first available preferred resource", function ()
 		local svc = implementing(server, "pinned", { "first", "other" }, { wait_for = 1 });
 		local alice = login(server, "alice");
-		finally(function () close_all({ svc[1], svc[2], alice }); end);
+		local second; -- logged in below
+		-- One finally: busted keeps only the last one a test registers.
+		finally(function () close_all({ svc[1], svc[2], alice, second }); end);
 		-- "second" is preferred but absent: "first" is next in the list
 		for _ = 1, 4 do
 			alice:send(request("pinned.localhost"));
@@ -584,8 +589,7 @@ describe("mod_client_proxy #integration", function ()
 			answer(client, req);
 			assert(alice:await_iq("result"));
 		end
-		local second = login(server, "pinned-svc", "second");
-		finally(function () second:close(); end);
+		second = login(server, "pinned-svc", "second");
 		local all = { svc[1], svc[2], second };
 		local got;
 		for _ = 1, 50 do -- until the component has seen "second" arrive
@@ -605,9 +609,9 @@ describe("mod_client_proxy #integration", function ()
 	it("routes only to the highest priority", function ()
 		local svc = implementing(server, "prio", { "low" }, { priority = 1 });
 		local high = login(server, "prio-svc", "high", { priority = 5 });
-		finally(function () close_all({ svc[1], high }); end);
 		local alice = login(server, "alice");
-		finally(function () alice:close(); end);
+		-- One finally: busted keeps only the last one a test registers.
+		finally(function () close_all({ svc[1], high, alice }); end);
 		local client;
 		for _ = 1, 50 do
 			alice:send(request("prio.localhost"));
@@ -633,7 +637,9 @@ describe("mod_client_proxy #integration", function ()
 	it("re-sends a pending get and fails a pending set when their resource leaves", function ()
 		local svc = implementing(server, "failover", { "first", "second" });
 		local alice = login(server, "alice");
-		finally(function () close_all({ svc[1], svc[2], alice }); end);
+		local third; -- logged in below
+		-- One finally: busted keeps only the last one a test registers.
+		finally(function () close_all({ svc[1], svc[2], alice, third }); end);
 
 		alice:send(request("failover.localhost", "get", "g1"));
 		local owner, req = await_any(svc, is_request);
@@ -650,8 +656,7 @@ describe("mod_client_proxy #integration", function ()
 		assert.equal(other.jid, reply:get_child("served", xmlns_test).attr.by);
 
 		-- a set is not repeated: it may have taken effect
-		local third = login(server, "failover-svc", "third");
-		finally(function () third:close(); end);
+		third = login(server, "failover-svc", "third");
 		local target;
 		for _ = 1, 50 do
 			alice:send(request("failover.localhost", "set", "s1"));

@@ -61,7 +61,14 @@ describe("prosody-cproxy modules #integration", function ()
 		-- Under build/, not /tmp: a /tmp mounted noexec (a common hardening)
 		-- could not load the installed core.so or run bin/proxy65.
 		local tree = ("%s/build/spec-tree-%d"):format(prosody.root, math.random(1e9));
-		finally(function () os.execute("rm -rf '" .. tree .. "'"); end);
+		local server;
+		-- One finally: busted keeps only the last one a test registers.
+		finally(function ()
+			if server then
+				server:stop();
+			end
+			os.execute("rm -rf '" .. tree .. "'");
+		end);
 		local cmd = ("cd '%s' && luarocks --lua-version 5.4 --tree '%s' make --deps-mode none >'%s.log' 2>&1")
 			:format(prosody.root, tree, tree);
 		local ok = os.execute(cmd);
@@ -76,9 +83,8 @@ describe("prosody-cproxy modules #integration", function ()
 		h:close();
 		assert.truthy(version:match("^prosody%-cproxy proxy65"), version);
 		local plugins = tree .. "/share/lua/5.4/prosody_cproxy";
-		local server = prosody.start({ hosts = hosts, plugin_paths = { plugins },
+		server = prosody.start({ hosts = hosts, plugin_paths = { plugins },
 			accounts = { { "alice", "localhost", "pw" } } });
-		finally(function () server:stop(); end);
 		local log = check_components(server);
 		assert.truthy(log:find(plugins .. "/../../../../lib/lua/5.4/cproxy/core.so", 1, true),
 			"the C extension did not come from the installed tree");
