@@ -36,6 +36,8 @@ INST_LIBDIR ?= /usr/local/lib/lua/$(LUA_VERSION)
 INST_LUADIR ?= /usr/local/share/lua/$(LUA_VERSION)
 INST_BINDIR ?= /usr/local/bin
 PLUGIN_DIR = $(INST_LUADIR)/prosody_cproxy
+# lua/cproxy/: the shared parts at the top, a folder per component.
+LUA_COMPONENTS = proxy65 client_proxy standalone
 
 # Prosody 13, built in place from its release tarball (tools/build-prosody);
 # the integration specs run against it with PROSODY_SRC.
@@ -67,6 +69,9 @@ install: $(CORE)
 	install -m 644 $(CORE) $(INST_LIBDIR)/cproxy/core.so
 	install -m 644 lua/mod_*.lua $(PLUGIN_DIR)/
 	install -m 644 lua/cproxy/*.lua $(PLUGIN_DIR)/cproxy/
+	for dir in $(LUA_COMPONENTS); do \
+		install -d $(PLUGIN_DIR)/cproxy/$$dir && install -m 644 lua/cproxy/$$dir/*.lua $(PLUGIN_DIR)/cproxy/$$dir/ || exit 1; \
+	done
 	install -d $(INST_BINDIR)
 	install -m 755 bin/proxy65 $(INST_BINDIR)/proxy65
 

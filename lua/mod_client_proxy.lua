@@ -12,16 +12,16 @@
 -- also start IQs and messages to component/ADDRESS, which reach the JID
 -- behind ADDRESS if it wrote to the component lately.
 -- A superset of prosody-modules' mod_client_proxy, with its configuration.
--- Resource choice is in cproxy/resources.lua, the requests in flight in
--- cproxy/requests.lua, the recent senders in cproxy/recent.lua.
+-- Resource choice is in cproxy/client_proxy/resources.lua, the requests in flight in
+-- cproxy/client_proxy/requests.lua, the recent senders in cproxy/client_proxy/recent.lua.
 -- SPDX-License-Identifier: MIT
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local cproxy = dofile(here .. "/cproxy/boot.lua")(here);
-local resources = cproxy.require("resources");
-local requests = cproxy.require("requests");
-local recent = cproxy.require("recent");
-local options = cproxy.require("options");
+local resources = require "cproxy.client_proxy.resources";
+local requests = require "cproxy.client_proxy.requests";
+local recent = require "cproxy.client_proxy.recent";
+local options = require "cproxy.options";
 module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";

@@ -4,18 +4,18 @@
 -- options. Putting this directory first in plugin_paths makes Prosody load
 -- this module instead of the built-in one (a deliberate shadowing).
 -- This file is the XMPP side: disco, streamhost queries, activation, access
--- rules. The SOCKS5 listener and pairing are in cproxy/proxy65.lua.
+-- rules. The SOCKS5 listener and pairing are in cproxy/proxy65/service.lua.
 -- SPDX-License-Identifier: MIT
 
 module:set_global();
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local cproxy = dofile(here .. "/cproxy/boot.lua")(here);
-local proxy65 = cproxy.require("proxy65");
-local options = cproxy.require("options");
-local diagnose = cproxy.require("diagnose");
-local bytestreams = cproxy.require("bytestreams");
-local shell = cproxy.require("shell");
+local proxy65 = require "cproxy.proxy65.service";
+local options = require "cproxy.options";
+local diagnose = require "cproxy.proxy65.diagnose";
+local bytestreams = require "cproxy.proxy65.bytestreams";
+local shell = require "cproxy.shell";
 module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";
@@ -137,7 +137,7 @@ module:hook_global("stats-update", function ()
 	end
 end);
 
--- The last check of each component's streamhosts (see cproxy/diagnose.lua),
+-- The last check of each component's streamhosts (see cproxy/proxy65/diagnose.lua),
 -- and each component's way to check again.
 local reports = module:shared("streamhost-reports");
 local checkers = {};

@@ -1,6 +1,6 @@
 -- The order of proxy65's streamhosts for one requester (cproxy.bytestreams
 -- order): Conversations, Dino, Gajim and iris try only the first (#27).
-local bytestreams = dofile("lua/cproxy/bytestreams.lua");
+local bytestreams = dofile("lua/cproxy/proxy65/bytestreams.lua");
 
 local function hosts(list)
 	local out = {};

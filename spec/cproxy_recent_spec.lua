@@ -1,6 +1,6 @@
 -- The recent senders of cproxy.recent: the window, its two generations,
 -- and the bounds on JIDs and bytes, on a clock the spec drives.
-local recent = dofile("lua/cproxy/recent.lua");
+local recent = dofile("lua/cproxy/client_proxy/recent.lua");
 
 describe("cproxy.recent", function ()
 	describe(":has", function ()

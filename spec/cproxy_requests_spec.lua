@@ -1,7 +1,7 @@
 -- The requests in flight of cproxy.requests: fresh ids, deadlines, caps per
 -- owner and overall, and the scans for expiry and failover, on a clock the
 -- spec drives.
-local requests = dofile("lua/cproxy/requests.lua");
+local requests = dofile("lua/cproxy/client_proxy/requests.lua");
 
 local function new_set(opts)
 	opts = opts or {};

@@ -1,6 +1,6 @@
 -- The resource pool of cproxy.resources: bookkeeping, highest-priority
 -- candidates, each routing policy, and preferred resources.
-local resources = dofile("lua/cproxy/resources.lua");
+local resources = dofile("lua/cproxy/client_proxy/resources.lua");
 
 -- A pool with the given resources, all at priority 0 unless given.
 local function pool_of(policy, list, preferred)

@@ -14,7 +14,7 @@ local jid = require "util.jid";
 local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 local xmlns_test = "urn:example:client-proxy";
 -- cproxy.resources: bad answers in a row before a quarantine.
-local QUARANTINE_AFTER = dofile("lua/cproxy/resources.lua").QUARANTINE_AFTER;
+local QUARANTINE_AFTER = dofile("lua/cproxy/client_proxy/resources.lua").QUARANTINE_AFTER;
 
 local hosts = [[
 VirtualHost "localhost"
@@ -71,6 +71,7 @@ describe("mod_client_proxy where Jitsi runs it (#28) #integration", function ()
 			};
 			wait_ports = { "c2s", "component" };
 		});
+		metrics.wait(metrics_port, 10 * prosody.slow);
 	end);
 
 	teardown(function ()

@@ -27,6 +27,7 @@ describe("mod_proxy65 with real clients' orders and timings (#27) #integration",
 			hosts = "VirtualHost \"localhost\"\nComponent \"proxy.localhost\" \"proxy65\"";
 			global = metrics.global(metrics_port) .. "\nproxy65_activation_timeout = " .. ACTIVATION_TIMEOUT;
 		});
+		metrics.wait(metrics_port, 10 * prosody.slow);
 	end);
 
 	teardown(function ()

@@ -22,7 +22,7 @@ local function start_component(opts)
 end
 local run_component = standalone.run;
 
--- The component's retries back off to one a minute (cproxy/component.lua)
+-- The component's retries back off to one a minute (cproxy/standalone/component.lua)
 -- while the server is down, so its next one may come that long after the
 -- server is back.
 local RECONNECT = 80;

@@ -1,44 +1,42 @@
--- prosody-cproxy: finds this package's files relative to the module that
--- loads it, in a checkout (lua/, build/) or in a luarocks tree
--- (share/lua/5.4/prosody_cproxy/, lib/lua/5.4/), and loads them without
--- touching the process-wide package.path or package.cpath.
+-- prosody-cproxy: puts this package on Lua's search paths, once, relative
+-- to the file that loads it: in a checkout (lua/, build/) or in a luarocks
+-- tree (share/lua/5.4/prosody_cproxy/, lib/lua/5.4/). Its Lua files are
+-- then plain modules under "cproxy." (cproxy.proxy65.service,
+-- cproxy.client_proxy.resources, cproxy.standalone.loop, ...), loaded with
+-- Lua's own require, so that editors and other tools follow the graph.
+--
+-- One thing require does not do: a Prosody module reload must run the Lua
+-- files as they are now (an operator upgrades, then reloads), not the
+-- copies require cached at the first load. So each boot drops this
+-- package's Lua modules from package.loaded; the module being loaded then
+-- requires fresh copies, and one loaded before keeps those it holds. The
+-- C extension, which cannot be unloaded, is kept.
 -- SPDX-License-Identifier: MIT
 
 local lua_version = _VERSION:match("%d+%.%d+");
 
--- The copy beside the module wins over one on package.cpath, so that a
--- checkout never picks up an older installed build.
-local function load_core(here)
-	local candidates = table.concat({
-		here .. "/../build/?.so"; -- a checkout: lua/../build/cproxy/core.so
-		here .. "/../../../../lib/lua/" .. lua_version .. "/?.so"; -- a luarocks tree
-	}, ";");
-	local path, err = package.searchpath("cproxy.core", candidates);
-	if not path then
-		local ok, core = pcall(require, "cproxy.core");
-		if ok then
-			return core, package.searchpath("cproxy.core", package.cpath);
-		end
-		error("prosody-cproxy: cannot find its C extension cproxy.core (run 'make'?)" .. err, 0);
+-- Puts `entry` first on `path` unless it is there already.
+local function prepend(path, entry)
+	if (";" .. path .. ";"):find(";" .. entry .. ";", 1, true) then
+		return path;
 	end
-	local open = assert(package.loadlib(path, "luaopen_cproxy_core"));
-	return open(), path;
+	return entry .. ";" .. path;
 end
 
 return function (here)
-	local loaded = {};
-	local core, core_path = load_core(here);
-	local cproxy = { core = core, core_path = core_path, dir = here };
-
-	-- Loads lua/cproxy/<name>.lua once per boot (so once per module load:
-	-- a reloaded module gets fresh copies, nothing stale is kept).
-	function cproxy.require(name)
-		if loaded[name] == nil then
-			local chunk = assert(loadfile(here .. "/cproxy/" .. name .. ".lua"));
-			loaded[name] = chunk(cproxy) or true;
+	package.path = prepend(package.path, here .. "/?.lua");
+	-- The copy beside the module wins over one elsewhere on package.cpath,
+	-- so that a checkout never picks up an older installed build.
+	package.cpath = prepend(package.cpath, here .. "/../../../../lib/lua/" .. lua_version .. "/?.so"); -- a luarocks tree
+	package.cpath = prepend(package.cpath, here .. "/../build/?.so"); -- a checkout: lua/../build/cproxy/core.so
+	for name in pairs(package.loaded) do
+		if name:match("^cproxy%.") and name ~= "cproxy.core" then
+			package.loaded[name] = nil;
 		end
-		return loaded[name];
 	end
-
-	return cproxy;
+	local ok, core = pcall(require, "cproxy.core");
+	if not ok then
+		error("prosody-cproxy: cannot find its C extension cproxy.core (run 'make'?): " .. tostring(core), 0);
+	end
+	return { core = core, core_path = package.searchpath("cproxy.core", package.cpath), dir = here };
 end

@@ -32,4 +32,14 @@ function M.fetch(port, prefix)
 	return samples;
 end
 
+-- Waits until /metrics on `port` answers: Prosody may open its HTTP port
+-- after the ports a spec waits for.
+function M.wait(port, timeout)
+	local socket = require "socket";
+	local deadline = socket.gettime() + (timeout or 10);
+	while not pcall(M.fetch, port, "prosody") and socket.gettime() < deadline do
+		socket.sleep(0.05);
+	end
+end
+
 return M;

@@ -4,8 +4,7 @@
 -- Not here: XMPP (mod_proxy65.lua) and the byte relay itself (src/).
 -- SPDX-License-Identifier: MIT
 
-local cproxy = ...;
-local core = cproxy.core;
+local core = require "cproxy.core";
 
 local setmetatable, pairs, ipairs, tostring = setmetatable, pairs, ipairs, tostring;
 local os_time, max = os.time, math.max;

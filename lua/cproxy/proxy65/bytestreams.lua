@@ -12,7 +12,7 @@ local M = {};
 
 M.xmlns = "http://jabber.org/protocol/bytestreams";
 
--- ctx: st (util.stanza or cproxy/stanza.lua), host (the component's
+-- ctx: st (util.stanza or cproxy/standalone/stanza.lua), host (the component's
 -- JID), permitted (function(stanza) -> boolean), log (module:log-like).
 local function denied(ctx, stanza)
 	if ctx.permitted(stanza) then
@@ -104,7 +104,7 @@ local refusals = {
 	["resource-constraint"] = { "wait", "resource-constraint" };
 };
 
--- An <iq type='set'> activation. ctx also has service (cproxy/proxy65.lua),
+-- An <iq type='set'> activation. ctx also has service (cproxy/proxy65/service.lua),
 -- sha1 (function(s) -> hex), jid_prep and jid_bare, and refused
 -- (function(condition), for metrics).
 function M.activate(ctx, stanza)

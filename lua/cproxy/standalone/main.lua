@@ -1,17 +1,16 @@
 -- prosody-cproxy: proxy65 as an XEP-0114 external component, for any XMPP
 -- server: the command line (Proxy65-compatible), the config file, and the
 -- component's answers, on the same service and C engine as the Prosody
--- module. The stream itself is cproxy/component.lua; the loop,
--- cproxy/loop.lua.
+-- module. The stream itself is cproxy/standalone/component.lua; the loop,
+-- cproxy/standalone/loop.lua.
 -- SPDX-License-Identifier: MIT
 
-local cproxy = ...;
-local core = cproxy.core;
-local st = cproxy.require("stanza");
-local proxy65 = cproxy.require("proxy65");
-local bytestreams = cproxy.require("bytestreams");
-local component = cproxy.require("component");
-local loop_lib = cproxy.require("loop");
+local core = require "cproxy.core";
+local st = require "cproxy.standalone.stanza";
+local proxy65 = require "cproxy.proxy65.service";
+local bytestreams = require "cproxy.proxy65.bytestreams";
+local component = require "cproxy.standalone.component";
+local loop_lib = require "cproxy.standalone.loop";
 
 local socket = require "socket";
 

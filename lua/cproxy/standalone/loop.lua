@@ -1,13 +1,12 @@
 -- prosody-cproxy: a small event loop for the standalone component, with
 -- the part of Prosody's net.server and util.timer APIs that the proxy65
--- service (cproxy/proxy65.lua) and the component stream use: listen,
+-- service (cproxy/proxy65/service.lua) and the component stream use: listen,
 -- addclient, watchfd, connections with write/close/ip, timers. Sockets
 -- are LuaSocket's, readiness comes from cproxy.core.poll (epoll).
--- Not here: anything XMPP (cproxy/component.lua).
+-- Not here: anything XMPP (cproxy/standalone/component.lua).
 -- SPDX-License-Identifier: MIT
 
-local cproxy = ...;
-local core = cproxy.core;
+local core = require "cproxy.core";
 local socket = require "socket";
 
 local setmetatable, pairs, type, tostring, max = setmetatable, pairs, type, tostring, math.max;

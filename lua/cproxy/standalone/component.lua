@@ -1,13 +1,12 @@
 -- prosody-cproxy: an XEP-0114 external component connection: the stream
 -- to the server, the handshake (SHA-1 of stream id and secret), stanzas
 -- both ways, stream errors, and reconnection with backoff. Independent of
--- what the component does (cproxy/standalone.lua) and of the event loop
+-- what the component does (cproxy/standalone/main.lua) and of the event loop
 -- (any net.server-like one: addclient, timer).
 -- SPDX-License-Identifier: MIT
 
-local cproxy = ...;
-local core = cproxy.core;
-local st = cproxy.require("stanza");
+local core = require "cproxy.core";
+local st = require "cproxy.standalone.stanza";
 
 local setmetatable, ipairs, format, min = setmetatable, ipairs, string.format, math.min;
 
