@@ -1,20 +1,23 @@
 -- prosody-cproxy: a small event loop for the standalone component, with
 -- the part of Prosody's net.server and util.timer APIs that the proxy65
--- service (cproxy/proxy65/service.lua) and the component stream use: listen,
--- addclient, watchfd, connections with write/close/ip, timers. Sockets
--- are LuaSocket's, readiness comes from cproxy.core.poll (epoll).
--- Not here: anything XMPP (cproxy/standalone/component.lua).
+-- service (cproxy/proxy65/service.lua) and the component stream use:
+-- listen, addclient, watchfd and timers. Sockets are LuaSocket's,
+-- readiness comes from cproxy.core.poll (epoll). Every callback runs under
+-- protection, as server_epoll's do: an error logs its traceback and closes
+-- the connection (or watch, or timer) it came from, and the process and
+-- its other connections and relays go on.
+-- Not here: a connection's reading and writing (cproxy/standalone/
+-- connection.lua); anything XMPP (cproxy/standalone/component.lua).
 -- SPDX-License-Identifier: MIT
 
 local core = require "cproxy.core";
+local connection = require "cproxy.standalone.connection";
 local socket = require "socket";
 
-local setmetatable, pairs, type, tostring, max = setmetatable, pairs, type, tostring, math.max;
-local concat = table.concat;
+local type, tostring, max, xpcall = type, tostring, math.max, xpcall;
+local traceback = debug.traceback;
 
 local M = {};
-
-local READ_SIZE = 65536;
 
 -- Timers: a binary heap ordered by due time.
 local function heap_push(heap, item)
@@ -54,129 +57,65 @@ local function heap_pop(heap)
 	return top;
 end
 
-function M.new()
-	local conn_mt = {};
-	conn_mt.__index = conn_mt;
-	local poll = assert(core.poll());
-	local self = { poll = poll, handlers = {}, timers = {}, running = false };
-	local handlers = self.handlers; -- fd -> function(readable, writable)
+local function noop() end
 
-	local function watch(fd, handler, r, w)
-		handlers[fd] = handler;
+-- opts: log (function(level, fmt, ...)), max_queued (bytes of output a
+-- connection may queue before reading from it stops; see connection.lua).
+function M.new(opts)
+	opts = opts or {};
+	local poll = assert(core.poll());
+	local handlers = {}; -- fd -> { run = function(readable, writable), fail = function(err) }
+	local self = {
+		poll = poll, timers = {}, running = false,
+		stats = { paused_seconds = 0, pauses = 0, errors = 0 },
+	};
+	local log = opts.log or noop;
+
+	-- What connections need of the loop (connection.lua).
+	local for_connections = {
+		interest = function (fd, r, w) poll:set(fd, r, w); end;
+		unwatch = function (fd)
+			if handlers[fd] then
+				handlers[fd] = nil;
+				poll:del(fd);
+			end
+		end;
+		now = socket.gettime;
+		log = log;
+		stats = self.stats;
+		max_queued = opts.max_queued or connection.MAX_QUEUED_DEFAULT;
+	};
+	local unwatch = for_connections.unwatch;
+
+	-- Logs a callback's error with its traceback, and counts it.
+	local function failed(what, err)
+		self.stats.errors = self.stats.errors + 1;
+		log("error", "Error in %s, which is closed; the rest goes on: %s", what, tostring(err));
+	end
+	self.failed = failed;
+
+	-- run(readable, writable) handles the fd's events; fail(err) closes
+	-- what they belong to when run raises.
+	local function watch(fd, run, fail, r, w)
+		handlers[fd] = { run = run, fail = fail };
 		return poll:add(fd, r, w);
 	end
 
-	local function unwatch(fd)
-		if handlers[fd] then
-			handlers[fd] = nil;
-			poll:del(fd);
-		end
-	end
-
 	local function wrap(sock, listener, server_port)
-		local conn = setmetatable({ sock = sock, fd = sock:getfd(), listener = listener,
-			out = {}, server_port = server_port, loop = self }, conn_mt);
-		conn.want_write = false;
-		conn.handler = function (readable, writable)
+		local conn = connection.new(for_connections, sock, listener, server_port);
+		watch(conn.fd, function (readable, writable)
 			if writable then
 				conn:flush();
 			end
 			if readable and conn.fd then
 				conn:read();
 			end
-		end;
-		watch(conn.fd, conn.handler, true, false);
+		end, function (err)
+			conn:close(err, true);
+		end, true, false);
 		return conn;
 	end
 	self.wrap = wrap;
-
-	function conn_mt:read()
-		local data, err, partial = self.sock:receive(READ_SIZE);
-		data = data or partial;
-		if data and #data > 0 and self.listener.onincoming then
-			self.listener.onincoming(self, data, err == "closed" and err or nil);
-		end
-		if err and err ~= "timeout" and self.fd then
-			self:close(err);
-		end
-	end
-
-	function conn_mt:flush()
-		while self.out[1] do
-			local data = concat(self.out);
-			local n, err, partial = self.sock:send(data);
-			n = n or partial or 0;
-			self.out = n < #data and { data:sub(n + 1) } or {};
-			if err == "timeout" then
-				break;
-			elseif err then
-				return self:close(err);
-			end
-		end
-		local want = self.out[1] ~= nil;
-		if want ~= self.want_write and self.fd then
-			self.want_write = want;
-			poll:set(self.fd, not self.paused, want);
-		end
-		if not want and self.closing then
-			self:close();
-		elseif not want and self.listener.ondrain then
-			self.listener.ondrain(self);
-		end
-	end
-
-	function conn_mt:write(data)
-		if not self.fd or self.closing then
-			return nil, "closed";
-		end
-		self.out[#self.out + 1] = data;
-		self:flush();
-		return true;
-	end
-
-	-- Closes once queued output is out (or at once with `now`).
-	function conn_mt:close(err, now)
-		if not self.fd and self.closed then
-			return;
-		end
-		if self.fd and self.out[1] and not err and not now then
-			self.closing = true;
-			return;
-		end
-		self.closed = true;
-		self:del();
-		self.sock:close();
-		if self.listener.ondisconnect then
-			self.listener.ondisconnect(self, err);
-		end
-	end
-
-	-- Leaves the loop without closing the socket.
-	function conn_mt:del()
-		if self.fd then
-			unwatch(self.fd);
-			self.fd = nil;
-		end
-	end
-
-	function conn_mt:pause()
-		self.paused = true;
-		if self.fd then
-			poll:set(self.fd, false, self.want_write);
-		end
-	end
-
-	function conn_mt:resume()
-		self.paused = false;
-		if self.fd then
-			poll:set(self.fd, true, self.want_write);
-		end
-	end
-
-	function conn_mt:socket() return self.sock; end
-	function conn_mt:ip() return (self.sock:getpeername()); end
-	function conn_mt:serverport() return self.server_port; end
-	function conn_mt:ssl() return false; end
 
 	-- net.server's API, for the proxy65 service.
 	local server = {};
@@ -200,10 +139,15 @@ function M.new()
 				client:setoption("tcp-nodelay", true);
 				local conn = wrap(client, listener, tonumber(bound_port));
 				if listener.onconnect then
-					listener.onconnect(conn);
+					-- A failing onconnect fails its own connection only.
+					local ok, err = xpcall(listener.onconnect, traceback, conn);
+					if not ok then
+						failed("the new connection's handler", err);
+						conn:close(err, true);
+					end
 				end
 			end
-		end, true, false);
+		end, noop, true, false);
 		return sock;
 	end
 
@@ -223,24 +167,26 @@ function M.new()
 			return nil, err;
 		end
 		local conn = wrap(sock, listener);
-		local pending = { listener = listener };
+		local handler = handlers[conn.fd];
+		local run = handler.run;
 		-- Until connected, writability means the connect finished.
-		local handler = conn.handler;
-		conn.listener = pending;
-		handlers[conn.fd] = function (readable, writable)
+		conn.listener = { };
+		handler.run = function (readable, writable)
 			local cerr = sock:getoption("error");
 			if cerr then
 				conn.listener = listener;
 				return conn:close(cerr);
 			end
 			if writable or readable then
-				handlers[conn.fd] = handler;
+				handler.run = run;
 				conn.listener = listener;
-				poll:set(conn.fd, true, conn.out[1] ~= nil);
+				poll:set(conn.fd, true, conn.head <= conn.tail);
 				if listener.onconnect then
 					listener.onconnect(conn);
 				end
-				conn:flush();
+				if conn.fd then
+					conn:flush();
+				end
 				if readable and conn.fd then
 					conn:read();
 				end
@@ -252,12 +198,14 @@ function M.new()
 
 	function server.watchfd(fd, onreadable)
 		local watcher = { fd = fd };
-		watch(fd, function ()
-			onreadable(watcher);
-		end, true, false);
 		function watcher:close()
 			unwatch(fd);
 		end
+		watch(fd, function ()
+			onreadable(watcher);
+		end, function ()
+			watcher:close();
+		end, true, false);
 		return watcher;
 	end
 
@@ -275,13 +223,16 @@ function M.new()
 		item.f = nil;
 	end
 
+
 	function self:run_timers(now)
 		local timers = self.timers;
 		while timers[1] and timers[1].at <= now do
 			local item = heap_pop(timers);
 			if item.f then
-				local again = item.f(now);
-				if type(again) == "number" and item.f then
+				local ok, again = xpcall(item.f, traceback, now);
+				if not ok then
+					failed("a timer", again);
+				elseif type(again) == "number" and item.f then
 					item.at = now + again;
 					heap_push(timers, item);
 				end
@@ -289,23 +240,47 @@ function M.new()
 		end
 	end
 
+	local function dispatch(fd, readable, writable)
+		local handler = handlers[fd];
+		if handler then
+			local ok, err = xpcall(handler.run, traceback, readable, writable);
+			if not ok then
+				failed("the handler of fd " .. tostring(fd), err);
+				local closed, cerr = xpcall(handler.fail, traceback, err);
+				if not closed then
+					failed("closing fd " .. tostring(fd), cerr);
+					unwatch(fd);
+				end
+			end
+		end
+	end
+
+	-- One turn: due timers, then what is ready within `limit` seconds (or
+	-- until the next timer). Returns true, or nil, err if polling failed.
+	function self:step(limit)
+		self:run_timers(socket.gettime());
+		local timeout = self.timers[1] and max(0, self.timers[1].at - socket.gettime()) or 3600;
+		if limit and limit < timeout then
+			timeout = limit;
+		end
+		local fd, readable, writable = poll:wait(timeout);
+		while fd do
+			dispatch(fd, readable, writable);
+			fd, readable, writable = poll:wait(0);
+		end
+		if readable ~= "timeout" then
+			return nil, "poll failed: " .. tostring(readable);
+		end
+		return true;
+	end
+
 	-- Runs until quit(); returns its reason.
 	function self:run()
 		self.running = true;
 		while self.running do
-			local now = socket.gettime();
-			self:run_timers(now);
-			local timeout = self.timers[1] and max(0, self.timers[1].at - socket.gettime()) or 3600;
-			local fd, readable, writable = poll:wait(timeout);
-			while fd do
-				local handler = handlers[fd];
-				if handler then
-					handler(readable, writable);
-				end
-				fd, readable, writable = poll:wait(0);
-			end
-			if readable ~= "timeout" and not fd then
-				return nil, "poll failed: " .. tostring(readable);
+			local ok, err = self:step();
+			if not ok then
+				return nil, err;
 			end
 		end
 		return self.quit_reason;

@@ -44,6 +44,7 @@ local OPTIONS = {
 	{ "total-rate-limit", "integer", 0, "bytes/s of all bytestreams; 0: no limit" },
 	{ "max-transfer-bytes", "integer", 0, "bytes one bytestream may move; 0: no limit" },
 	{ "relay-mode", "string", "copy", "copy or splice" },
+	{ "max-queued-output", "integer", 1048576, "bytes of output queued for the server before reading from it pauses until half is sent" },
 	{ "retry", "boolean", false, "keep trying when the server is unreachable or refuses at start" },
 	{ "log-level", "string", "info", "debug, info, warn or error" },
 	{ "config", "string", nil, "a file of option = value lines (Lua syntax, names with underscores)" },
@@ -303,7 +304,7 @@ function M.main(args, env)
 		end
 	end
 
-	local loop = loop_lib.new();
+	local loop = loop_lib.new({ log = log, max_queued = opts["max-queued-output"] });
 	local service, serr = proxy65.new({
 		partner_timeout = opts["partner-timeout"];
 		activation_timeout = opts["activation-timeout"];
