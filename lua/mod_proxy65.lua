@@ -13,6 +13,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local cproxy = dofile(here .. "/cproxy/boot.lua")(here);
 local proxy65 = require "cproxy.proxy65.service";
 local options = require "cproxy.options";
+local option_table = require "cproxy.proxy65.options";
 local diagnose = require "cproxy.proxy65.diagnose";
 local bytestreams = require "cproxy.proxy65.bytestreams";
 local shell = require "cproxy.shell";
@@ -31,38 +32,10 @@ local pton = require "util.net".pton;
 local xmlns_bytestreams = bytestreams.xmlns;
 
 
--- Read once for the whole server (this module is global).
-local global_options = {
-	"proxy65_partner_timeout", "proxy65_activation_timeout", "proxy65_handshake_timeout", "proxy65_relay_mode",
-	"proxy65_buffer_size", "proxy65_idle_timeout", "proxy65_socket_buffer",
-	"proxy65_max_connections", "proxy65_max_connections_per_ip", "proxy65_max_transfers_per_user",
-	"proxy65_rate_limit", "proxy65_total_rate_limit", "proxy65_max_transfer_bytes",
-	"proxy65_relay_nice",
-};
--- An engine option, within the bounds the C engine defines and exports.
-local function engine_option(name, field, default)
-	local limit = cproxy.core.engine_limits[field];
-	return options.number(module, name, default or limit.default, limit.min, limit.max, true);
-end
-local defaults = proxy65.defaults;
-local service_options = {
-	partner_timeout = options.number(module, "proxy65_partner_timeout", defaults.partner_timeout, 0, 86400);
-	activation_timeout = options.number(module, "proxy65_activation_timeout", defaults.activation_timeout, 1, 86400);
-	handshake_timeout = options.number(module, "proxy65_handshake_timeout", defaults.handshake_timeout, 0, 86400);
-	max_connections = options.number(module, "proxy65_max_connections", defaults.max_connections, 0, math.huge, true);
-	max_connections_per_ip = options.number(module, "proxy65_max_connections_per_ip", defaults.max_connections_per_ip, 0, math.huge, true);
-	max_transfers_per_user = options.number(module, "proxy65_max_transfers_per_user", defaults.max_transfers_per_user, 0, math.huge, true);
-	engine = {
-		mode = options.choice(module, "proxy65_relay_mode", "copy", { "copy", "splice" });
-		buffer_size = engine_option("proxy65_buffer_size", "buffer_size");
-		idle_timeout = engine_option("proxy65_idle_timeout", "idle_timeout", 300);
-		sockbuf = engine_option("proxy65_socket_buffer", "sockbuf");
-		rate_limit = engine_option("proxy65_rate_limit", "rate_limit");
-		total_rate_limit = engine_option("proxy65_total_rate_limit", "total_rate_limit");
-		max_bytes = engine_option("proxy65_max_transfer_bytes", "max_bytes");
-		nice = engine_option("proxy65_relay_nice", "nice", 10);
-	};
-};
+-- Read once for the whole server (this module is global), from the one
+-- table of proxy65's options that the standalone reads too.
+local global_options = option_table.names();
+local service_options = option_table.from_prosody(module, options);
 
 -- Metrics, through Prosody's statistics (mod_http_openmetrics, the shell).
 local transfers_metric = module:metric("counter", "transfers", "", "Bytestreams relayed, by how they ended", { "result" });

@@ -57,19 +57,14 @@ local function detach(conn)
 	return fd, concat(buffered);
 end
 
--- The service's settings, with their defaults; 0 turns a limit or a
--- timeout off. Timeouts are in seconds. A connection alone for its hash
--- waits for its partner as long as a person may take to accept a file
--- (Conversations connects before it even offers one); once both are there,
--- the activation follows within seconds.
-local defaults = {
-	partner_timeout = 900;
-	activation_timeout = 60;
-	handshake_timeout = 10;
-	max_connections = 0; -- sockets held, pending and relayed
-	max_connections_per_ip = 0; -- the same, from one source address
-	max_transfers_per_user = 0; -- active relays of one initiator (bare JID)
-};
+-- The service's settings and their defaults (the engine's apart) come from
+-- the one table of proxy65's options; 0 turns a limit or a timeout off.
+local defaults = {};
+for _, entry in ipairs(require "cproxy.proxy65.options".entries) do
+	if not entry.engine then
+		defaults[entry.name] = entry.default;
+	end
+end
 M.defaults = defaults;
 
 -- opts: the settings above, engine (options of core.engine), server

@@ -8,6 +8,7 @@
 local core = require "cproxy.core";
 local st = require "cproxy.standalone.stanza";
 local proxy65 = require "cproxy.proxy65.service";
+local option_table = require "cproxy.proxy65.options";
 local bytestreams = require "cproxy.proxy65.bytestreams";
 local component = require "cproxy.standalone.component";
 local loop_lib = require "cproxy.standalone.loop";
@@ -22,7 +23,8 @@ local M = {};
 M.version = "prosody-cproxy proxy65 " .. core.version;
 
 -- Every option: its name on the command line and in a config file (with
--- underscores), a kind, a default and what it does.
+-- underscores), a kind, a default and what it does. The service's options
+-- come from the table the Prosody module reads too (inserted below).
 local OPTIONS = {
 	{ "jid", "string", nil, "the component's JID (required)" },
 	{ "secret", "string", nil, "the component secret; prefer --secret-file or PROXY65_SECRET" },
@@ -33,17 +35,6 @@ local OPTIONS = {
 	{ "advertise", "string", nil, "host[:port],... advertised instead of --proxyips (behind NAT)" },
 	{ "acl", "string", nil, "JIDs or domains allowed to use the proxy, comma-separated; default: anyone" },
 	{ "name", "string", "SOCKS5 Bytestreams Service", "the disco identity's name" },
-	{ "handshake-timeout", "number", proxy65.defaults.handshake_timeout, "seconds to complete the SOCKS5 request" },
-	{ "partner-timeout", "number", proxy65.defaults.partner_timeout, "seconds a connection alone for its hash waits for its partner; 0: no limit" },
-	{ "activation-timeout", "number", proxy65.defaults.activation_timeout, "seconds a pair waits for activation" },
-	{ "idle-timeout", "integer", 300, "seconds a bytestream may be idle; 0: never" },
-	{ "max-connections", "integer", 0, "sockets held at once; 0: no limit" },
-	{ "max-connections-per-ip", "integer", 0, "sockets from one address; 0: no limit" },
-	{ "max-transfers-per-user", "integer", 0, "active bytestreams of one initiator; 0: no limit" },
-	{ "rate-limit", "integer", 0, "bytes/s of each bytestream; 0: no limit" },
-	{ "total-rate-limit", "integer", 0, "bytes/s of all bytestreams; 0: no limit" },
-	{ "max-transfer-bytes", "integer", 0, "bytes one bytestream may move; 0: no limit" },
-	{ "relay-mode", "string", "copy", "copy or splice" },
 	{ "max-queued-output", "integer", 1048576, "bytes of output queued for the server before reading from it pauses until half is sent" },
 	{ "retry", "boolean", false, "keep trying when the server is unreachable or refuses at start" },
 	{ "log-level", "string", "info", "debug, info, warn or error" },
@@ -51,6 +42,11 @@ local OPTIONS = {
 	{ "help", "boolean", false, "show this help" },
 	{ "version", "boolean", false, "show the version" },
 };
+
+-- The service's, after "name": { flag, kind, default, meaning, entry }.
+for i, entry in ipairs(option_table.entries) do
+	table.insert(OPTIONS, 9 + i, { entry.flag, entry.kind, entry.default, entry.meaning, entry });
+end
 
 local by_name = {};
 for _, option in ipairs(OPTIONS) do
@@ -69,8 +65,27 @@ function M.usage()
 	return concat(lines, "\n");
 end
 
+-- What an option's value must be, in words.
+local function expected(option)
+	local kind, entry = option[2], option[5];
+	if kind == "boolean" then
+		return "true or false";
+	elseif kind == "choice" then
+		return "one of " .. concat(entry.choices, ", ");
+	elseif kind == "string" then
+		return "a string";
+	elseif entry and (entry.min ~= 0 or entry.max ~= math.huge) then
+		return format("%s from %s to %s", kind == "integer" and "an integer" or "a number",
+			tostring(entry.min), tostring(entry.max));
+	end
+	return "a non-negative " .. kind;
+end
+
+-- A value as given (a string from the command line, anything from a config
+-- file) -> the option's value | nil, message. Out of range is an error:
+-- the command line has no log to warn in before it starts.
 local function convert(option, value, where)
-	local kind = option[2];
+	local kind, entry = option[2], option[5];
 	if kind == "boolean" then
 		if value == true or value == "true" or value == "yes" or value == "1" then
 			return true;
@@ -79,15 +94,20 @@ local function convert(option, value, where)
 		end
 	elseif kind == "integer" or kind == "number" then
 		local n = tonumber(value);
-		if n and n >= 0 and (kind == "number" or n == math.floor(n)) then
+		local min, max = entry and entry.min or 0, entry and entry.max or math.huge;
+		if n and n >= min and n <= max and (kind == "number" or n == math.floor(n)) then
 			return n;
+		end
+	elseif kind == "choice" then
+		for _, choice in ipairs(entry.choices) do
+			if value == choice then
+				return value;
+			end
 		end
 	elseif type(value) == "string" then
 		return value;
 	end
-	return nil, format("%s: %s must be %s, not %q", where, option[1],
-		kind == "boolean" and "true or false" or kind == "string" and "a string" or ("a non-negative " .. kind),
-		tostring(value));
+	return nil, format("%s: %s must be %s, not %q", where, option[1], expected(option), tostring(value));
 end
 
 -- Command-line arguments -> options | nil, message.
@@ -305,25 +325,12 @@ function M.main(args, env)
 	end
 
 	local loop = loop_lib.new({ log = log, max_queued = opts["max-queued-output"] });
-	local service, serr = proxy65.new({
-		partner_timeout = opts["partner-timeout"];
-		activation_timeout = opts["activation-timeout"];
-		handshake_timeout = opts["handshake-timeout"];
-		max_connections = opts["max-connections"];
-		max_connections_per_ip = opts["max-connections-per-ip"];
-		max_transfers_per_user = opts["max-transfers-per-user"];
-		engine = {
-			mode = opts["relay-mode"];
-			idle_timeout = opts["idle-timeout"];
-			rate_limit = opts["rate-limit"];
-			total_rate_limit = opts["total-rate-limit"];
-			max_bytes = opts["max-transfer-bytes"];
-		};
-		server = loop.server;
-		timer = loop.timer;
-		now = socket.gettime;
-		log = log;
-	});
+	-- The same settings the Prosody module builds, engine's included.
+	local settings = option_table.settings(function (entry)
+		return opts[entry.flag];
+	end);
+	settings.server, settings.timer, settings.now, settings.log = loop.server, loop.timer, socket.gettime, log;
+	local service, serr = proxy65.new(settings);
 	if not service then
 		io.stderr:write("proxy65: cannot start the relay engine: ", tostring(serr), "\n");
 		return 1;

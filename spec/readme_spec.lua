@@ -1,0 +1,48 @@
+-- The README's table of proxy65's own options against the one table both
+-- front ends read (cproxy/proxy65/options.lua, #29): the same options, the
+-- same defaults, so that the documentation cannot drift from the code.
+require "spec.helpers.core"; -- this checkout's C extension
+package.path = "lua/?.lua;" .. package.path;
+local option_table = require "cproxy.proxy65.options";
+
+-- The README's rows "| `proxy65_x` | default | meaning |" -> { x = default text }.
+local function readme_rows()
+	local f = assert(io.open("README.markdown"));
+	local text = f:read("a");
+	f:close();
+	local rows = {};
+	for name, default in text:gmatch("\n| `proxy65_([%w_]+)` | ([^|]-) | [^|\n]+ |") do
+		rows[name] = default;
+	end
+	return rows;
+end
+
+-- A default as the README writes it: its first word, quotes kept.
+local function shown(default)
+	return type(default) == "string" and ("%q"):format(default) or ("%d"):format(default);
+end
+
+describe("README.markdown", function ()
+	it("documents each of proxy65's own options with the default the code uses", function ()
+		local rows = readme_rows();
+		for _, entry in ipairs(option_table.entries) do
+			local row = rows[entry.name];
+			assert.truthy(row, "no row for proxy65_" .. entry.name);
+			assert.equal(shown(entry.default), row:match("^%S+"), "proxy65_" .. entry.name);
+		end
+	end);
+
+	it("documents no option of ours that the code does not have", function ()
+		local known = {};
+		for _, entry in ipairs(option_table.entries) do
+			known[entry.name] = true;
+		end
+		-- The built-in's options, in the README's first table.
+		for _, name in ipairs({ "ports", "interfaces", "address", "acl", "open_access" }) do
+			known[name] = true;
+		end
+		for name in pairs(readme_rows()) do
+			assert.truthy(known[name], "proxy65_" .. name .. " is in the README, not in the code");
+		end
+	end);
+end);
