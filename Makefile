@@ -74,6 +74,7 @@ install: $(CORE)
 	done
 	install -d $(INST_BINDIR)
 	install -m 755 bin/proxy65 $(INST_BINDIR)/proxy65
+	install -m 755 bin/client_proxy $(INST_BINDIR)/client_proxy
 
 # Installs the Debian packages the project needs, when any is missing.
 deps:

@@ -18,7 +18,7 @@
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local cproxy = dofile(here .. "/cproxy/boot.lua")(here);
-local resources = require "cproxy.client_proxy.resources";
+local option_table = require "cproxy.client_proxy.options";
 local routing = require "cproxy.client_proxy.router";
 local recent = require "cproxy.client_proxy.recent";
 local options = require "cproxy.options";
@@ -37,9 +37,12 @@ if module:get_host_type() ~= "component" then
 		.. " (Component \"proxy." .. host .. "\" \"client_proxy\")", 0);
 end
 
+-- From the one table of client_proxy's options that bin/client_proxy reads too.
+local settings = option_table.from_prosody(module, options);
+
 -- An account's bare JID: a domain or a full JID would never match the
 -- stanzas the implementing client sends.
-local target = module:get_option_string("target_address");
+local target = settings.target;
 local target_node, target_host, target_resource = jid_split(target and jid_prep(target));
 if not target_node or target_resource then
 	error("client_proxy: target_address must be set to the bare JID of the implementing client"
@@ -47,14 +50,7 @@ if not target_node or target_resource then
 end
 target = target_node .. "@" .. target_host;
 
-local policy = options.choice(module, "client_proxy_policy", "random", resources.policies);
-local preferred = module:get_option_array("client_proxy_resources", {});
-local request_timeout = options.number(module, "client_proxy_timeout", 30, 1, 86400);
-local max_pending = options.number(module, "client_proxy_max_pending", 10000, 1, 1000000, true);
-local max_per_sender = options.number(module, "client_proxy_max_pending_per_sender", 100, 1, 1000000, true);
-local secret = module:get_option_string("client_proxy_secret");
-local addressing = options.choice(module, "client_proxy_addressing", "jid", { "jid", "tag" });
-local contact_window = options.number(module, "client_proxy_contact_window", 3600, 60, 604800);
+local secret, contact_window = settings.secret, settings.contact_window;
 
 -- The key survives a module reload, so tags handed out before it stay valid.
 local shared = module:shared("key");
@@ -94,9 +90,9 @@ local router = routing.new({
 	now = time_now,
 	add_timer = function (seconds, f) return module:add_timer(seconds, f); end,
 	count = function (name) counters[name](1); end,
-	key = key, senders = senders, addressing = addressing, tag_length = cproxy.core.jat_tag_length,
-	policy = policy, preferred = preferred, request_timeout = request_timeout,
-	max_pending = max_pending, max_per_sender = max_per_sender,
+	key = key, senders = senders, addressing = settings.addressing, tag_length = cproxy.core.jat_tag_length,
+	policy = settings.policy, preferred = settings.preferred, request_timeout = settings.request_timeout,
+	max_pending = settings.max_pending, max_per_sender = settings.max_per_sender,
 	-- A fresh prefix per load: a late reply to the previous load's ids
 	-- matches nothing.
 	id_prefix = new_prefix() .. "-",

@@ -77,11 +77,15 @@ describe("prosody-cproxy modules #integration", function ()
 		if f then f:close(); end
 		os.remove(tree .. ".log");
 		assert.truthy(ok, output);
-		-- The standalone command is installed too, and runs.
+		-- The standalone commands are installed too, and run.
 		local h = io.popen(("'%s/bin/proxy65' --version 2>&1"):format(tree));
 		local version = h:read("a");
 		h:close();
 		assert.truthy(version:match("^prosody%-cproxy proxy65"), version);
+		h = io.popen(("'%s/bin/client_proxy' --version 2>&1"):format(tree));
+		version = h:read("a");
+		h:close();
+		assert.truthy(version:match("^prosody%-cproxy client_proxy"), version);
 		local plugins = tree .. "/share/lua/5.4/prosody_cproxy";
 		server = prosody.start({ hosts = hosts, plugin_paths = { plugins },
 			accounts = { { "alice", "localhost", "pw" } } });

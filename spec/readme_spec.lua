@@ -45,4 +45,22 @@ describe("README.markdown", function ()
 			assert.truthy(known[name], "proxy65_" .. name .. " is in the README, not in the code");
 		end
 	end);
+
+	it("documents each of client_proxy's options with the default the code uses", function ()
+		local client_options = require "cproxy.client_proxy.options";
+		local f = assert(io.open("README.markdown"));
+		local text = f:read("a");
+		f:close();
+		local rows = {};
+		for name, default in text:gmatch("\n| `([%w_]+)` | ([^|]-) | [^|\n]+ |") do
+			rows[name] = default;
+		end
+		for _, entry in ipairs(client_options.entries) do
+			local row = rows[entry.option];
+			assert.truthy(row, "no row for " .. entry.option);
+			local expected = entry.default_text
+				or (type(entry.default) == "string" and ("%q"):format(entry.default) or tostring(entry.default));
+			assert.equal(expected, row, entry.option);
+		end
+	end);
 end);

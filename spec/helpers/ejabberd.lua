@@ -166,6 +166,10 @@ local function yaml_config(self, opts)
 	table.insert(lines, "modules:");
 	table.insert(lines, "  mod_disco: {}");
 	table.insert(lines, "  mod_ping: {}");
+	if opts.roster then
+		-- Presence subscriptions, as ejabberd's default configuration has.
+		table.insert(lines, "  mod_roster: {}");
+	end
 	if opts.proxy65 then
 		-- Its socket buffers, 64 KiB by default, at 1 MiB.
 		table.insert(lines, "  mod_proxy65:");
@@ -181,6 +185,7 @@ end
 
 -- opts: components ({ [host] = secret }, for the ejabberd_service
 -- listener), proxy65 (true or { host, buffer }: enables mod_proxy65),
+-- roster (enables mod_roster: presence subscriptions),
 -- accounts ({ { user, host, password }, ... }), log_level ("info"),
 -- wait_ports (default: c2s, and the component and proxy65 ports when
 -- enabled). Raises with the log's tail when

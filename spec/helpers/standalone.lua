@@ -5,10 +5,11 @@ local prosody = require "spec.helpers.prosody";
 
 local M = {};
 
--- Starts bin/proxy65 in the background; opts: rport, secret, jid
--- ("proxy.localhost"), socks_port, args (more arguments). Returns a
--- handle with pid, the SOCKS5 port, log(), wait_log(), alive(),
--- wait_exit() and stop().
+-- Starts bin/proxy65 (or, with opts.program = "client_proxy",
+-- bin/client_proxy) in the background; opts: rport, secret, jid
+-- ("proxy.localhost"), socks_port (proxy65's), target (client_proxy's),
+-- args (more arguments). Returns a handle with pid, the SOCKS5 port,
+-- log(), wait_log(), alive(), wait_exit() and stop().
 function M.start(opts)
 	local dir = assert(io.popen("mktemp -d \"${TMPDIR:-/tmp}/cproxy-standalone.XXXXXX\"")):read("l");
 	local port = opts.socks_port or prosody.free_port();
@@ -16,14 +17,22 @@ function M.start(opts)
 	local f = assert(io.open(secret_file, "w"));
 	f:write(opts.secret, "\n");
 	f:close();
+	local program = opts.program or "proxy65";
 	local args = {
 		"--jid", opts.jid or "proxy.localhost", "--secret-file", secret_file, "--rhost", "127.0.0.1",
-		"--rport", tostring(opts.rport), "--proxyips", "127.0.0.1:" .. port, "--log-level", "debug",
+		"--rport", tostring(opts.rport), "--log-level", "debug",
 	};
+	if program == "proxy65" then
+		table.insert(args, "--proxyips");
+		table.insert(args, "127.0.0.1:" .. port);
+	else
+		table.insert(args, "--target");
+		table.insert(args, opts.target);
+	end
 	for _, extra in ipairs(opts.args or {}) do
 		table.insert(args, extra);
 	end
-	local pid = assert(io.popen(("%s/bin/proxy65 %s >%q 2>&1 & echo $!"):format(prosody.root,
+	local pid = assert(io.popen(("%s/bin/%s %s >%q 2>&1 & echo $!"):format(prosody.root, program,
 		table.concat(args, " "), dir .. "/log")):read("l"));
 	local handle = { pid = tonumber(pid), port = port, dir = dir };
 	function handle.log()

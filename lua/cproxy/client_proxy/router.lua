@@ -320,10 +320,34 @@ function M.new(deps)
 	-- The probe goes first: while the subscription is not approved, the
 	-- target's server answers a probe with "unsubscribed", which would cancel
 	-- a subscription request sent before it.
-	local function subscribe()
+	local function ask()
 		log("debug", "Subscribing to %s", target);
 		send(st.presence({ type = "probe", from = host, to = target }));
 		send(st.presence({ type = "subscribe", from = host, to = target }));
+	end
+
+	-- While no resource is known, the request is asked again, at growing
+	-- intervals: a server may drop a subscription request to a target that
+	-- is offline (ejabberd does), or the target's server may have been
+	-- unreachable. Not when the front end sees the target's sessions.
+	local ASK_FIRST, ASK_MAX = 5, 300;
+	local asking, ask_every = false, ASK_FIRST;
+	local function ask_again()
+		if tracking_locally or pool:count() > 0 then
+			asking, ask_every = false, ASK_FIRST;
+			return nil;
+		end
+		ask();
+		ask_every = ask_every * 2 < ASK_MAX and ask_every * 2 or ASK_MAX;
+		return ask_every;
+	end
+
+	local function subscribe()
+		ask();
+		if not asking then
+			asking, ask_every = true, ASK_FIRST;
+			add_timer(ASK_FIRST, ask_again);
+		end
 	end
 
 	local function on_target_presence(stanza)

@@ -1,7 +1,7 @@
 -- prosody-cproxy: stanzas for the standalone component, in the shape of
 -- Prosody's util.stanza ({ name=, attr=, tags=, children and text in the
 -- array part }), which is also what cproxy.core.xmlstream produces: build,
--- query, reply and serialize. Only what a component needs.
+-- query, copy, reply and serialize. Only what the components need.
 -- SPDX-License-Identifier: MIT
 
 local setmetatable, ipairs, pairs, type, tostring = setmetatable, ipairs, pairs, type, tostring;
@@ -28,6 +28,27 @@ function M.adopt(t)
 end
 
 function M.iq(attr) return M.new("iq", attr); end
+function M.presence(attr) return M.new("presence", attr); end
+function M.message(attr) return M.new("message", attr); end
+
+-- A deep copy, cursor aside.
+function M.clone(stanza)
+	local attr = {};
+	for k, v in pairs(stanza.attr) do
+		attr[k] = v;
+	end
+	local copy = M.new(stanza.name, attr);
+	for _, node in ipairs(stanza) do
+		if type(node) == "string" then
+			copy[#copy + 1] = node;
+		else
+			local child = M.clone(node);
+			copy[#copy + 1] = child;
+			copy.tags[#copy.tags + 1] = child;
+		end
+	end
+	return copy;
+end
 
 -- Adds a child and makes it current (until :up()).
 function stanza_mt:tag(name, attr)
@@ -63,6 +84,23 @@ function stanza_mt:get_child(name, xmlns)
 			return child;
 		end
 	end
+end
+
+-- Iterates over the children with this name (any, if nil) and namespace.
+function stanza_mt:childtags(name, xmlns)
+	local i = 0;
+	return function ()
+		while true do
+			i = i + 1;
+			local child = self.tags[i];
+			if not child then
+				return nil;
+			end
+			if (not name or child.name == name) and (not xmlns or child.attr.xmlns == xmlns) then
+				return child;
+			end
+		end
+	end;
 end
 
 function stanza_mt:get_text()
