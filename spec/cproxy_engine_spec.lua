@@ -16,7 +16,7 @@ local function relayed_pair(engine, early_a, early_b)
 	local fd_a, fd_b = a_end:getfd(), b_end:getfd();
 	a_end:setfd(-1); -- the engine owns them now
 	b_end:setfd(-1);
-	local id = assert(engine:add(fd_a, fd_b, early_a, early_b));
+	local id = assert(engine:add(core.own_fd(fd_a), core.own_fd(fd_b), early_a, early_b));
 	return a, b, id;
 end
 
@@ -254,6 +254,31 @@ describe("cproxy.core.engine", function ()
 		assert.equal("closed", err);
 		b:close(); a:close();
 		assert.has_error(function () engine:add(1, 2) end);
+	end);
+
+	-- Handles, not integers (#29): an fd in flight always has an owner.
+	it("takes fd handles, and leaves their fds to them when it raises", function ()
+		local engine = assert(core.engine());
+		engine:close();
+		local server = assert(socket.bind("127.0.0.1", 0));
+		local _, port = server:getsockname();
+		local a = assert(socket.connect("127.0.0.1", port));
+		local a_end = assert(server:accept());
+		server:close();
+		local fd = a_end:getfd();
+		a_end:setfd(-1);
+		local handle, other = core.own_fd(fd), core.own_fd(fd);
+		assert.has_error(function () engine:add(handle, other) end); -- closed engine, and the same fd twice
+		assert.equal(fd, handle:getfd()); -- still the handle's
+		other:release(); -- one owner is enough
+		handle:close();
+		a:settimeout(5);
+		assert.equal("closed", select(2, a:receive(1)));
+		a:close();
+		-- A closed handle cannot be handed over.
+		local live = assert(core.engine());
+		assert.has_error(function () live:add(handle, handle) end);
+		live:close();
 	end);
 
 	it("keeps the result of every relay that ends before the owner reaps", function ()

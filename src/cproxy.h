@@ -28,6 +28,15 @@ int errors_push(lua_State *L, int err);
  * system call's, such as libcrypto's, with the errno that fits best. */
 int errors_push_message(lua_State *L, const char *message, int err);
 
+/*
+ * The fd a cproxy.fd handle at `idx` owns, or -1 if it has none; raises if
+ * the value there is not a handle (fd_lua.c). fd_lua_take() then takes it
+ * from the handle: call it only once nothing can raise any more, so that an
+ * error leaves every fd with an owner that will close it.
+ */
+int fd_lua_peek(lua_State *L, int idx);
+int fd_lua_take(lua_State *L, int idx);
+
 /* Each adds its functions to the module table on the top of the stack. */
 void socks5_lua_open(lua_State *L);
 void engine_lua_open(lua_State *L);

@@ -3,11 +3,13 @@
  * (SHA-1 of stream id and secret), on libcrypto as Prosody's own hashes.
  * SPDX-License-Identifier: MIT
  */
+#include <errno.h>
+
 #include <openssl/evp.h>
 
 #include "cproxy.h"
 
-/* (data) -> hex | nil, err */
+/* (data) -> hex | nil, message, errno */
 static int
 l_sha1(lua_State *L)
 {
@@ -19,9 +21,7 @@ l_sha1(lua_State *L)
 	char out[2 * EVP_MAX_MD_SIZE];
 
 	if (!EVP_Digest(data, len, md, &md_len, EVP_sha1(), NULL)) {
-		lua_pushnil(L);
-		lua_pushliteral(L, "libcrypto failed to compute SHA-1");
-		return 2;
+		return errors_push_message(L, "libcrypto failed to compute SHA-1", EIO);
 	}
 	for (unsigned int i = 0; i < md_len; i++) {
 		out[2 * i] = hex[md[i] >> 4];

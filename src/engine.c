@@ -32,7 +32,7 @@ engine_new(const struct engine_config *cfg, int *err)
 	bucket_init(&e->total, cfg->total_rate_limit, now_us());
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->list_cond, NULL);
-	e->buf.size = cfg->buffer_size ? cfg->buffer_size : (4u << 20);
+	e->buf.size = cfg->buffer_size ? cfg->buffer_size : ENGINE_BUFFER_SIZE_DEFAULT;
 	e->buf.data = malloc(e->buf.size);
 	if (e->buf.data == NULL) {
 		*err = ENOMEM;

@@ -15,8 +15,11 @@
 
 #include "relay.h"
 
+/* The copy buffer's size when the config gives none: one read moves this. */
+#define ENGINE_BUFFER_SIZE_DEFAULT (4u << 20)
+
 struct engine_config {
-	size_t buffer_size;	/* copy-mode scratch buffer, shared by all relays */
+	size_t buffer_size;	/* copy-mode scratch buffer, shared by all relays; 0: the default */
 	enum relay_mode mode;
 	int idle_timeout_ms;	/* 0: relays never time out */
 	int sockbuf;	/* SO_SNDBUF/SO_RCVBUF to set, 0: leave to the kernel */

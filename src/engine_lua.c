@@ -20,7 +20,7 @@ struct limit {
 };
 
 static const struct limit limits[] = {
-	{ "buffer_size", 4 << 20, 4096, 1 << 30 },
+	{ "buffer_size", ENGINE_BUFFER_SIZE_DEFAULT, 4096, 1 << 30 },
 	/* Held in int milliseconds: 24 days is the most that fits. */
 	{ "idle_timeout", 0, 0, 86400 * 24 },
 	{ "sockbuf", 0, 0, 1 << 30 },
@@ -93,9 +93,10 @@ check_config(lua_State *L, int t, struct engine_config *cfg)
 
 	memset(cfg, 0, sizeof(*cfg));
 	if (lua_isnoneornil(L, t)) {
-		cfg->buffer_size = 4 << 20;
-		cfg->mode = RELAY_COPY;
-		return;
+		/* No table: every option at its default, read as from an empty one
+		 * (the options are the last argument). */
+		lua_settop(L, t - 1);
+		lua_newtable(L);
 	}
 	luaL_checktype(L, t, LUA_TTABLE);
 	cfg->buffer_size = (size_t)opt_limit(L, t, &limits[LIMIT_BUFFER_SIZE]);
@@ -135,7 +136,8 @@ l_new(lua_State *L)
 }
 
 /*
- * (engine, { buffer_size=, mode=, idle_timeout=, sockbuf= }) -> true | nil, err, errno
+ * (engine, { buffer_size=, mode=, idle_timeout=, sockbuf=, rate_limit=,
+ *   total_rate_limit=, max_bytes=, nice= }) -> true | nil, err, errno
  * The same options as engine{}; see engine_configure() for when each applies.
  */
 static int
@@ -206,27 +208,33 @@ l_getfd(lua_State *L)
 }
 
 /*
- * (engine, target_fd, initiator_fd[, target_early[, initiator_early]])
+ * (engine, target, initiator[, target_early[, initiator_early]])
  *   -> id | nil, err, errno
- * The engine owns both fds from here on, also on failure.
+ * target and initiator are cproxy.fd handles (cproxy.core.own_fd). The
+ * engine takes their fds and owns them from here on, also on failure; if
+ * this raises instead, the handles keep them.
  */
 static int
 l_add(lua_State *L)
 {
 	struct engine_ud *ud = check_engine_ud(L);
-	lua_Integer fd0 = luaL_checkinteger(L, 2);
-	lua_Integer fd1 = luaL_checkinteger(L, 3);
+	int fd0 = fd_lua_peek(L, 2);
+	int fd1 = fd_lua_peek(L, 3);
 	size_t len0 = 0, len1 = 0;
 	const char *early0 = luaL_optlstring(L, 4, "", &len0);
 	const char *early1 = luaL_optlstring(L, 5, "", &len1);
 	uint64_t id;
 	int err;
 
+	/* Whatever raises here leaves both fds to their handles. */
 	luaL_argcheck(L, ud->engine != NULL, 1, "engine is closed");
-	luaL_argcheck(L, fd0 >= 0 && fd0 <= 0x7fffffff, 2, "invalid fd");
-	luaL_argcheck(L, fd1 >= 0 && fd1 <= 0x7fffffff && fd1 != fd0, 3, "invalid fd");
+	luaL_argcheck(L, fd0 >= 0, 2, "fd closed or released");
+	luaL_argcheck(L, fd1 >= 0 && fd1 != fd0, 3, "fd closed, released or the same as the first");
+	fd0 = fd_lua_take(L, 2);
+	fd1 = fd_lua_take(L, 3);
 	id = ud->next_id++;
-	err = engine_add(ud->engine, id, (int)fd0, (int)fd1, (const uint8_t *)early0,
+	/* The engine owns the fds from here on, even when it fails. */
+	err = engine_add(ud->engine, id, fd0, fd1, (const uint8_t *)early0,
 	    len0, (const uint8_t *)early1, len1);
 	if (err) {
 		return errors_push(L, err);
@@ -282,7 +290,8 @@ l_reap(lua_State *L)
 
 /*
  * (engine) -> { started=, finished=, failed=, timed_out=, active=, bytes=,
- *   relayed= }   bytes: by finished relays; relayed: so far, by all
+ *   relayed=, limited_us= }   bytes: by finished relays; relayed: so far,
+ *   by all; limited_us: time relays waited for a bandwidth limit
  */
 static int
 l_stats(lua_State *L)

@@ -1,5 +1,7 @@
 /*
- * Small file-descriptor helpers (pure C). Each returns 0 or an errno value.
+ * Small file-descriptor helpers (pure C). Those that return an int return 0
+ * or an errno value (fd_socket_error: the pending error); the others cannot
+ * fail in a way their callers could act on.
  * SPDX-License-Identifier: MIT
  */
 #ifndef CPROXY_FD_H

@@ -37,6 +37,24 @@ l_own_fd(lua_State *L)
 	return 1;
 }
 
+int
+fd_lua_peek(lua_State *L, int idx)
+{
+	struct owned_fd *h = luaL_checkudata(L, idx, CPROXY_FD_MT);
+
+	return h->fd;
+}
+
+int
+fd_lua_take(lua_State *L, int idx)
+{
+	struct owned_fd *h = luaL_checkudata(L, idx, CPROXY_FD_MT);
+	int fd = h->fd;
+
+	h->fd = -1;
+	return fd;
+}
+
 /* (handle) -> fd | nil   nil once closed or released */
 static int
 l_getfd(lua_State *L)

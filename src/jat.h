@@ -8,7 +8,7 @@
  * different references. Its tag is the reference in base64url: JAT_TAG_LEN
  * characters, ASCII, unchanged by resourceprep, whatever the JID. Turning a
  * tag back into its JID is a lookup among the JIDs this key has tagged
- * (see jat_lua.c): without the key nobody can name a JID that was not.
+ * (see jat_store.c): without the key nobody can name a JID that was not.
  * SPDX-License-Identifier: MIT
  */
 #ifndef CPROXY_JAT_H

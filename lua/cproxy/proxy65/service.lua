@@ -465,10 +465,10 @@ function service_mt:make_listener()
 	return listener;
 end
 
--- The fd of a session for the engine, and the bytes buffered with it.
+-- The handle of a session's fd, for the engine, which takes it over.
 local function take_fd(session)
 	unwatch(session);
-	return session.parked:release(), "";
+	return session.parked;
 end
 
 -- Which of a pair's connections is the initiator's. Both sent the same
@@ -525,10 +525,7 @@ function service_mt:activate(hash, who)
 	-- The two sockets stay counted, now as the relay's.
 	pair.ips = { target.ip, initiator.ip };
 	pair.user = user;
-	local target_fd, target_buffered = take_fd(target);
-	local initiator_fd, initiator_buffered = take_fd(initiator);
-	local id, err = self.engine:add(target_fd, initiator_fd,
-		target.early .. target_buffered, initiator.early .. initiator_buffered);
+	local id, err = self.engine:add(take_fd(target), take_fd(initiator), target.early, initiator.early);
 	if not id then
 		self.pairs[hash] = nil;
 		release(self, target.ip);
