@@ -16,11 +16,13 @@ local options = require "cproxy.options";
 local option_table = require "cproxy.proxy65.options";
 local diagnose = require "cproxy.proxy65.diagnose";
 local bytestreams = require "cproxy.proxy65.bytestreams";
+local streamhost = require "cproxy.proxy65.streamhost";
+local acl = require "cproxy.proxy65.acl";
 local shell = require "cproxy.shell";
 module:log("debug", "Using the C extension %s", cproxy.core_path);
 
 local st = require "util.stanza";
-local jid_compare, jid_prep, jid_bare = require "util.jid".compare, require "util.jid".prep, require "util.jid".bare;
+local jid_split, jid_prep, jid_bare = require "util.jid".split, require "util.jid".prep, require "util.jid".bare;
 local sha1 = require "util.hashes".sha1;
 local server = require "net.server";
 local timer = require "util.timer";
@@ -250,28 +252,6 @@ end
 local diagnose_deps = { resolve = resolve, connect = server.addclient, timer = timer, pton = pton };
 
 
--- "host", "host:port", "[IPv6]" or "[IPv6]:port" -> host, port (or nil);
--- a bare IPv6 address (several colons) is a host. nil if malformed.
-local function parse_streamhost(entry)
-	local v6, rest = entry:match("^%[([%x:.]+)%](.*)$");
-	local address, port = v6, rest and rest:match("^:(%d+)$");
-	if v6 then
-		if rest ~= "" and not port then
-			return nil;
-		end
-	elseif select(2, entry:gsub(":", "")) > 1 then
-		address = entry:match("^[%x:.]+$");
-	else
-		address, port = entry:match("^([^:%s]+):(%d+)$");
-		address = address or entry:match("^[^:%s]+$");
-	end
-	port = tonumber(port);
-	if not address or (port and (port < 1 or port > 65535)) then
-		return nil;
-	end
-	return address, port;
-end
-
 function module.add_host(module)
 	if module:get_host_type() ~= "component" then
 		error("proxy65 must be loaded as a Component, e.g. Component \"proxy."
@@ -286,7 +266,7 @@ function module.add_host(module)
 	-- to ours, behind NAT). Where we listen is proxy65_interfaces/_ports.
 	local streamhosts = {};
 	for _, entry in ipairs(module:get_option_array("proxy65_address", { host })) do
-		local address, port = parse_streamhost(tostring(entry));
+		local address, port = streamhost.parse(tostring(entry));
 		if address then
 			table.insert(streamhosts, { host = address, port = port });
 		else
@@ -332,13 +312,7 @@ function module.add_host(module)
 	-- (c2s) are allowed, and remote ones only with open access.
 	local function is_permitted(origin, stanza)
 		if proxy_acl and #proxy_acl > 0 then
-			local from = stanza.attr.from;
-			for _, acl in ipairs(proxy_acl) do
-				if jid_compare(from, acl) then
-					return true;
-				end
-			end
-			return false;
+			return acl.admits(proxy_acl, stanza.attr.from, jid_split);
 		end
 		return proxy_open_access or origin.type == "c2s";
 	end

@@ -1,6 +1,6 @@
 -- prosody-cproxy: JIDs for the standalone components, which run without
--- Prosody's util.jid: split, bare, prep (without stringprep: addresses must
--- come normalised, as servers send them) and the ACL's match.
+-- Prosody's util.jid: split, bare and prep (without stringprep: addresses
+-- must come normalised, as servers send them).
 -- SPDX-License-Identifier: MIT
 
 local type = type;
@@ -34,15 +34,6 @@ function M.prep(jid)
 		return nil;
 	end
 	return (node and (node .. "@") or "") .. host .. (resource and ("/" .. resource) or "");
-end
-
--- As proxy65_acl: an entry's empty parts match anything, so a domain
--- admits all its users.
-function M.acl_match(jid, entry)
-	local node, host, resource = M.split(jid);
-	local e_node, e_host, e_resource = M.split(entry);
-	return host ~= nil and host == e_host and (not e_node or e_node == node)
-		and (not e_resource or e_resource == resource);
 end
 
 return M;

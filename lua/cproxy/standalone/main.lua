@@ -10,6 +10,8 @@ local st = require "cproxy.standalone.stanza";
 local proxy65 = require "cproxy.proxy65.service";
 local option_table = require "cproxy.proxy65.options";
 local bytestreams = require "cproxy.proxy65.bytestreams";
+local streamhost = require "cproxy.proxy65.streamhost";
+local acl = require "cproxy.proxy65.acl";
 local component = require "cproxy.standalone.component";
 local cli = require "cproxy.standalone.cli";
 local jids = require "cproxy.standalone.jid";
@@ -17,7 +19,7 @@ local loop_lib = require "cproxy.standalone.loop";
 
 local socket = require "socket";
 
-local ipairs, tonumber, tostring, select = ipairs, tonumber, tostring, select;
+local ipairs, tostring, select = ipairs, tostring, select;
 local format = string.format;
 
 local M = {};
@@ -49,25 +51,6 @@ function M.usage()
 	return command_line:usage();
 end
 
--- "ip:port", "[v6]:port", "ip" (port 7777) -> host, port | nil.
-local function parse_endpoint(entry, default_port)
-	local v6, rest = entry:match("^%[([%x:.]+)%](.*)$");
-	if v6 then
-		local port = rest == "" and default_port or tonumber(rest:match("^:(%d+)$"));
-		return v6, port;
-	end
-	local host, port = entry:match("^([^:]+):(%d+)$");
-	if host then
-		return host, tonumber(port);
-	end
-	if entry:match("^[^:]+$") then
-		return entry, default_port;
-	end
-	if entry:match("^[%x:]+$") then -- a bare IPv6 address
-		return entry, default_port;
-	end
-end
-
 -- Runs the component; returns the process's exit status.
 function M.main(args, env)
 	local opts, exit_status, err = command_line:resolve(args, env);
@@ -87,8 +70,9 @@ function M.main(args, env)
 
 	local listens = {};
 	for _, entry in ipairs(cli.split_list(opts.proxyips or "0.0.0.0:7777")) do
-		local host, port = parse_endpoint(entry, 7777);
-		if not host or not port or port < 1 or port > 65535 then
+		local host, port = streamhost.parse(entry);
+		port = host and (port or 7777);
+		if not host then
 			io.stderr:write(format("proxy65: --proxyips entry %q is not IP:port\n", entry));
 			return 2;
 		end
@@ -96,7 +80,7 @@ function M.main(args, env)
 	end
 	local streamhosts = {};
 	for _, entry in ipairs(cli.split_list(opts.advertise)) do
-		local host, port = parse_endpoint(entry, nil);
+		local host, port = streamhost.parse(entry);
 		if not host then
 			io.stderr:write(format("proxy65: --advertise entry %q is not host[:port]\n", entry));
 			return 2;
@@ -131,23 +115,16 @@ function M.main(args, env)
 		log("info", "SOCKS5 on %s port %d", listen.host, listen.port);
 	end
 
-	local acl = cli.split_list(opts.acl);
+	local acl_list = cli.split_list(opts.acl);
 	local conn;
 	local ctx = {
 		st = st, host = jid, streamhosts = streamhosts, service = service, log = log,
 		port = function () return listens[1].port; end,
 		sha1 = core.sha1, jid_prep = jids.prep, jid_bare = jids.bare,
 		refused = function () end,
+		-- No --acl: whoever the server lets reach the component.
 		permitted = function (stanza)
-			if #acl == 0 then
-				return true;
-			end
-			for _, entry in ipairs(acl) do
-				if jids.acl_match(stanza.attr.from, entry) then
-					return true;
-				end
-			end
-			return false;
+			return #acl_list == 0 or acl.admits(acl_list, stanza.attr.from, jids.split);
 		end,
 	};
 
