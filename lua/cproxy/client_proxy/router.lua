@@ -217,22 +217,38 @@ function M.new(deps)
 	end
 
 	-- A request from a user (anyone but the target).
-	local function route_request(stanza)
-		local sender, id = stanza.attr.from, stanza.attr.id;
-		if id == nil then -- s2s and components may send one
-			send(st.error_reply(stanza, "modify", "bad-request", "An IQ request needs an id"));
-			return true;
+	-- Answers `stanza` with an error, unless it is one itself: the one
+	-- bounce of requests and messages from users.
+	local function bounce(stanza, type_, condition, text)
+		if stanza.attr.type ~= "error" then
+			send(st.error_reply(stanza, type_, condition, text));
 		end
-		local at = now();
+		return true;
+	end
+
+	-- The resource a user's stanza goes to, and the sender's address in
+	-- component/ADDRESS; or nil, having bounced it.
+	local function destination(stanza, sender, at)
 		local resource = pool:choose(sender, at);
 		if not resource then
 			log_availability();
-			send(st.error_reply(stanza, "cancel", "service-unavailable", "No implementing client is available"));
-			return true;
+			return bounce(stanza, "cancel", "service-unavailable", "No implementing client is available") and nil;
 		end
 		local address = address_of(sender, at);
 		if not address then
-			send(st.error_reply(stanza, "modify", "jid-malformed", "The sender's address is too long to be carried"));
+			return bounce(stanza, "modify", "jid-malformed", "The sender's address cannot be carried") and nil;
+		end
+		return resource, address;
+	end
+
+	local function route_request(stanza)
+		local sender, id = stanza.attr.from, stanza.attr.id;
+		if id == nil then -- s2s and components may send one
+			return bounce(stanza, "modify", "bad-request", "An IQ request needs an id");
+		end
+		local at = now();
+		local resource, address = destination(stanza, sender, at);
+		if not resource then
 			return true;
 		end
 		local record = take_record();
@@ -488,8 +504,7 @@ function M.new(deps)
 			return true;
 		end
 		if stanza.attr.id == nil then
-			send(st.error_reply(stanza, "modify", "bad-request", "An IQ request needs an id"));
-			return true;
+			return bounce(stanza, "modify", "bad-request", "An IQ request needs an id");
 		end
 		local record = {
 			kind = "out", resource = resource, id = stanza.attr.id, sender = stanza.attr.from, via = stanza.attr.to, peer = peer,
@@ -585,11 +600,8 @@ function M.new(deps)
 				return drop(stanza, "not a reply to a pending request");
 			end
 			if not to_resource then
-				if stanza.attr.type ~= "error" then
-					send(st.error_reply(stanza, "cancel", "feature-not-implemented",
-						"Address component/ADDRESS, where ADDRESS is the resource requests came from"));
-				end
-				return true;
+				return bounce(stanza, "cancel", "feature-not-implemented",
+					"Address component/ADDRESS, where ADDRESS is the resource requests came from");
 			end
 			return on_target_request(stanza, from_resource, to_resource);
 		end
@@ -603,19 +615,8 @@ function M.new(deps)
 			return on_user_reply(stanza);
 		end
 		-- A message from a user.
-		local resource = pool:choose(from, now());
+		local resource, address = destination(stanza, from, now());
 		if not resource then
-			log_availability();
-			if stanza.attr.type ~= "error" then
-				send(st.error_reply(stanza, "cancel", "service-unavailable", "No implementing client is available"));
-			end
-			return true;
-		end
-		local address = address_of(from, now());
-		if not address then
-			if stanza.attr.type ~= "error" then
-				send(st.error_reply(stanza, "modify", "jid-malformed", "The sender's address is too long to be carried"));
-			end
 			return true;
 		end
 		count("messages");
