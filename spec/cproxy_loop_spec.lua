@@ -72,6 +72,22 @@ describe("cproxy.standalone.loop", function ()
 		again:close();
 	end);
 
+	it("runs its timers while an fd stays ready", function ()
+		local loop = new_loop();
+		local server = assert(socket.bind("127.0.0.1", 0));
+		local _, port = server:getsockname();
+		local peer = connect(port);
+		local busy = assert(server:accept());
+		finally(function () peer:close(); busy:close(); server:close(); end);
+		peer:send("never read"); -- so `busy` is readable at every wait
+		local calls = 0;
+		loop.server.watchfd(busy:getfd(), function () calls = calls + 1; end);
+		local fired = false;
+		loop.timer.add_task(0.05, function () fired = true; end);
+		assert.truthy(turn_until(loop, function () return fired; end, 2));
+		assert.truthy(calls > 0);
+	end);
+
 	it("drops a timer that raised, and runs the others", function ()
 		local loop, logged = new_loop();
 		local runs = 0;

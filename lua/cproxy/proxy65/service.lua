@@ -226,6 +226,10 @@ function service_mt:drop(session)
 		return;
 	end
 	pair.first, pair.second = other, nil;
+	if other.ended_empty then
+		-- Alone now, and its stream ended without a byte: it has left.
+		return self:close_session(other);
+	end
 	self:expire_in(other, "partner");
 end
 
@@ -525,7 +529,15 @@ function service_mt:activate(hash, who)
 	-- The two sockets stay counted, now as the relay's.
 	pair.ips = { target.ip, initiator.ip };
 	pair.user = user;
-	local id, err = self.engine:add(take_fd(target), take_fd(initiator), target.early, initiator.early);
+	-- engine:add raises only on a programmer's error; even then the pair is
+	-- undone below, and the handles close their fds.
+	local ok, id, err = pcall(self.engine.add, self.engine, take_fd(target), take_fd(initiator),
+		target.early, initiator.early);
+	if not ok then
+		id, err = nil, id;
+		target.parked:close();
+		initiator.parked:close();
+	end
 	if not id then
 		self.pairs[hash] = nil;
 		release(self, target.ip);

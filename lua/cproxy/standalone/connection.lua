@@ -80,14 +80,23 @@ function conn_mt:describe()
 end
 
 function conn_mt:read()
-	local data, err, partial = self.sock:receive(M.READ_SIZE);
-	data = data or partial;
-	if data and #data > 0 and self.listener.onincoming then
-		self.listener.onincoming(self, data, err == "closed" and err or nil);
-	end
-	if err and err ~= "timeout" and self.fd then
-		self:close(err);
-	end
+	repeat
+		local data, err, partial = self.sock:receive(M.READ_SIZE);
+		data = data or partial;
+		if data and #data > 0 and self.listener.onincoming then
+			self.listener.onincoming(self, data, err == "closed" and err or nil);
+		end
+		if err and err ~= "timeout" and self.fd then
+			return self:close(err);
+		end
+		-- LuaSocket reads the kernel in 8 KiB pieces and may keep bytes of
+		-- the last in its own buffer, which epoll cannot see: take them now.
+	until not (self.fd and not (self.paused or self.throttled) and self.sock:dirty());
+end
+
+-- Sets the poller's interest again from the connection's state.
+function conn_mt:refresh_interest()
+	update_interest(self);
 end
 
 -- Sends what the socket takes now; called when it is writable.

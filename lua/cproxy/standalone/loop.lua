@@ -59,6 +59,9 @@ end
 
 local function noop() end
 
+-- Events handled in one step before timers run again.
+local MAX_EVENTS_PER_STEP = 256;
+
 -- opts: log (function(level, fmt, ...)), max_queued (bytes of output a
 -- connection may queue before reading from it stops; see connection.lua).
 function M.new(opts)
@@ -169,18 +172,17 @@ function M.new(opts)
 		local conn = wrap(sock, listener);
 		local handler = handlers[conn.fd];
 		local run = handler.run;
-		-- Until connected, writability means the connect finished.
-		conn.listener = { };
+		-- Until connected, writability means the connect finished; a close
+		-- meanwhile still reaches the listener's ondisconnect.
 		handler.run = function (readable, writable)
 			local cerr = sock:getoption("error");
 			if cerr then
-				conn.listener = listener;
 				return conn:close(cerr);
 			end
 			if writable or readable then
 				handler.run = run;
-				conn.listener = listener;
-				poll:set(conn.fd, true, conn.head <= conn.tail);
+				conn.want_write = conn.head <= conn.tail;
+				conn:refresh_interest();
 				if listener.onconnect then
 					listener.onconnect(conn);
 				end
@@ -192,6 +194,7 @@ function M.new(opts)
 				end
 			end
 		end;
+		conn.want_write = true; -- nothing is sent before the connect completes
 		poll:set(conn.fd, false, true);
 		return conn;
 	end
@@ -264,11 +267,18 @@ function M.new(opts)
 			timeout = limit;
 		end
 		local fd, readable, writable = poll:wait(timeout);
-		while fd do
+		-- Bounded: epoll is level-triggered, so a busy fd would be ready again
+		-- at every wait(0), and timers (and quit()) must get their turn.
+		for _ = 1, MAX_EVENTS_PER_STEP do
+			if not fd then
+				break;
+			end
 			dispatch(fd, readable, writable);
 			fd, readable, writable = poll:wait(0);
 		end
-		if readable ~= "timeout" then
+		if fd then
+			dispatch(fd, readable, writable); -- taken from the poller: not dropped
+		elseif readable ~= "timeout" then
 			return nil, "poll failed: " .. tostring(readable);
 		end
 		return true;
