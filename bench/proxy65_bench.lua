@@ -15,8 +15,16 @@
 --   BENCH_ROWS=direct,relay,builtin,ours,ejabberd   which contenders to run
 --                             (ejabberd only where installed)
 --   BENCH_OPTIONS='proxy65_relay_mode = "copy"'   global config lines for ours
---   BENCH_LOADGEN_NICE=19     nice value of the load generator: it stands in
---                             for two remote peers, whose CPU is not the server's
+--   BENCH_RIGS=idle,same,pinned   how the load generator runs, each a rig of
+--                             its own, reported apart (a figure that holds in
+--                             one rig only is not a result):
+--                               idle: at nice BENCH_LOADGEN_NICE (19): it stands
+--                                 in for remote peers, whose CPU is not the server's;
+--                               same: at the proxy's own priority (nice 0), as
+--                                 clients on a laptop-sized test machine compete;
+--                               pinned: at nice 0, pinned with taskset to the
+--                                 last core, leaving the others to the proxy
+--                                 (skipped on a machine with one core).
 local socket = require "socket";
 local prosody = require "spec.helpers.prosody";
 local ejabberd = require "spec.helpers.ejabberd";
@@ -36,6 +44,29 @@ local scenarios = {
 local BUILTIN_MAX_BYTES = GiB;
 local LOADGEN, RELAY = "./build/loadgen", "./build/relay";
 local LOADGEN_NICE = tonumber(os.getenv("BENCH_LOADGEN_NICE")) or 19;
+local CORES = (function ()
+	local h = io.popen("nproc");
+	local n = tonumber(h:read("a"));
+	h:close();
+	return n or 1;
+end)();
+-- Each rig: its name, what it says, and the command prefix of the load generator.
+local RIGS = {
+	idle = { "load generator at nice " .. LOADGEN_NICE, ("nice -n %d"):format(LOADGEN_NICE) },
+	same = { "load generator at the proxy's priority (nice 0)", "nice -n 0" },
+	pinned = { ("load generator at nice 0, pinned to core %d of %d"):format(CORES - 1, CORES),
+		("taskset -c %d nice -n 0"):format(CORES - 1) },
+};
+local rigs = {};
+for name in (os.getenv("BENCH_RIGS") or "idle,same,pinned"):gmatch("[^,%s]+") do
+	assert(RIGS[name], "unknown rig in BENCH_RIGS: " .. name);
+	if name == "pinned" and CORES < 2 then
+		print("pinned rig skipped: one core");
+	else
+		table.insert(rigs, name);
+	end
+end
+local rig_prefix; -- the current rig's command prefix
 local REST_PINGS = 300;
 local ROW_NAMES = {
 	direct = "direct loopback", relay = "C relay (ceiling)",
@@ -92,7 +123,7 @@ end
 -- reports its result. Returns MiB/s.
 local function run_load(args, pinger, rtts, on_ready)
 	local out = os.tmpname();
-	os.execute(("nice -n %d %s %s >%s 2>&1 &"):format(LOADGEN_NICE, LOADGEN, args, out));
+	os.execute(("%s %s %s >%s 2>&1 &"):format(rig_prefix, LOADGEN, args, out));
 	local deadline = socket.gettime() + 20;
 	while not read_file(out):find("ready") and socket.gettime() < deadline do
 		socket.sleep(0.01);
@@ -212,52 +243,59 @@ local ok, err = pcall(function ()
 		h:close();
 		socket.sleep(0.2);
 	end
-	local results = {};
-	for _, scenario in ipairs(scenarios) do
-		results[scenario] = {};
-		for _, row in ipairs(rows) do
-			results[scenario][row] = { mibps = {}, cpu = {}, rest = {}, load = {} };
-		end
-	end
-	for round = 1, ROUNDS do
+	for _, rig in ipairs(rigs) do
+		rig_prefix = RIGS[rig][2];
+		local results = {};
 		for _, scenario in ipairs(scenarios) do
-			io.stderr:write(("round %d/%d: %s:"):format(round, ROUNDS, scenario.name));
-			-- Rotate the order, so that no contender always runs first.
-			for i = 0, #rows - 1 do
-				local row = rows[(i + round - 1) % #rows + 1];
-				local acc = results[scenario][row];
-				measure(row, scenario, acc);
-				io.stderr:write((" %s %.0f"):format(row, acc.mibps[#acc.mibps]));
+			results[scenario] = {};
+			for _, row in ipairs(rows) do
+				results[scenario][row] = { mibps = {}, cpu = {}, rest = {}, load = {} };
 			end
-			io.stderr:write("\n");
 		end
-	end
-
-	print();
-	print(("%d rounds, medians; pings pooled over the rounds, at rest just before each transfer and during it;"
-		.. " load generator at nice %d"):format(ROUNDS, LOADGEN_NICE));
-	print(("%-10s %-18s %8s %10s %16s %16s"):format("streams", "relay", "MiB/s", "CPU-s/GiB",
-		"rest p50/p99 ms", "load p50/p99 ms"));
-	for _, scenario in ipairs(scenarios) do
-		local med = {};
-		for _, row in ipairs(rows) do
-			local r = results[scenario][row];
-			med[row] = { mibps = median(r.mibps), cpu = median(r.cpu) };
-			print(("%-10s %-18s %8.0f %10s %16s %16s"):format(scenario.name, ROW_NAMES[row], med[row].mibps,
-				fmt(med[row].cpu, "%.2f"),
-				fmt(percentile(r.rest, 0.5), "%.2f") .. "/" .. fmt(percentile(r.rest, 0.99), "%.2f"),
-				fmt(percentile(r.load, 0.5), "%.2f") .. "/" .. fmt(percentile(r.load, 0.99), "%.2f")));
-		end
-		if med.ours then
-			local parts = {};
-			for _, other in ipairs({ "relay", "builtin", "ejabberd", "direct" }) do
-				if med[other] then
-					table.insert(parts, ("%.2fx %s"):format(med.ours.mibps / med[other].mibps, other));
+		io.stderr:write(("rig %s: %s\n"):format(rig, RIGS[rig][1]));
+		for round = 1, ROUNDS do
+			for _, scenario in ipairs(scenarios) do
+				io.stderr:write(("round %d/%d: %s:"):format(round, ROUNDS, scenario.name));
+				-- Rotate the order, so that no contender always runs first.
+				for i = 0, #rows - 1 do
+					local row = rows[(i + round - 1) % #rows + 1];
+					local acc = results[scenario][row];
+					measure(row, scenario, acc);
+					io.stderr:write((" %s %.0f"):format(row, acc.mibps[#acc.mibps]));
 				end
+				io.stderr:write("\n");
 			end
-			local r = results[scenario].ours;
-			table.insert(parts, ("ping p99 load/rest %.2fx"):format(percentile(r.load, 0.99) / percentile(r.rest, 0.99)));
-			print(("%-10s ours: %s"):format(scenario.name, table.concat(parts, ", ")));
+		end
+
+		print();
+		print(("Rig %s: %s. %d rounds, medians; pings pooled over the rounds, at rest just before each"
+			.. " transfer and during it"):format(rig, RIGS[rig][1], ROUNDS));
+		print(("%-10s %-18s %8s %10s %16s %16s"):format("streams", "relay", "MiB/s", "CPU-s/GiB",
+			"rest p50/p99 ms", "load p50/p99 ms"));
+		for _, scenario in ipairs(scenarios) do
+			local med = {};
+			for _, row in ipairs(rows) do
+				local r = results[scenario][row];
+				med[row] = { mibps = median(r.mibps), cpu = median(r.cpu) };
+				print(("%-10s %-18s %8.0f %10s %16s %16s"):format(scenario.name, ROW_NAMES[row], med[row].mibps,
+					fmt(med[row].cpu, "%.2f"),
+					fmt(percentile(r.rest, 0.5), "%.2f") .. "/" .. fmt(percentile(r.rest, 0.99), "%.2f"),
+					fmt(percentile(r.load, 0.5), "%.2f") .. "/" .. fmt(percentile(r.load, 0.99), "%.2f")));
+			end
+			if med.ours then
+				local parts = {};
+				for _, other in ipairs({ "relay", "builtin", "ejabberd", "direct" }) do
+					if med[other] then
+						table.insert(parts, ("%.2fx %s"):format(med.ours.mibps / med[other].mibps, other));
+					end
+				end
+				local r = results[scenario].ours;
+				table.insert(parts, ("ping p99 load/rest %.2fx"):format(percentile(r.load, 0.99) / percentile(r.rest, 0.99)));
+				if med.relay and med.relay.cpu and med.ours.cpu then
+					table.insert(parts, ("CPU-s/GiB %.2fx relay's"):format(med.ours.cpu / med.relay.cpu));
+				end
+				print(("%-10s ours: %s"):format(scenario.name, table.concat(parts, ", ")));
+			end
 		end
 	end
 end);
