@@ -139,7 +139,7 @@ describe("cproxy.standalone.loop", function ()
 		assert.equal(1, loop.stats.pauses);
 		local resumed;
 		for _, line in ipairs(logged) do
-			resumed = resumed or line:match("^info Resumed reading from 127%.0%.0%.1 port %d+ after [%d.]+ s paused");
+			resumed = resumed or line:match("^%a+ Resumed reading from 127%.0%.0%.1 port %d+ after [%d.]+ s paused");
 		end
 		assert.truthy(resumed, table.concat(logged, "\n"));
 	end);

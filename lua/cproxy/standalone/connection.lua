@@ -69,8 +69,10 @@ local function unthrottle(self)
 	self.throttled = false;
 	local stats = self.loop.stats;
 	stats.paused_seconds, stats.pauses = stats.paused_seconds + seconds, stats.pauses + 1;
-	self.loop.log("info", "Resumed reading from %s after %.3f s paused while it did not read what was sent",
-		self:describe(), seconds);
+	-- A pause a person would notice is worth a line; the short ones of a
+	-- peer that reads a little slower than it writes are not.
+	self.loop.log(seconds >= 1 and "info" or "debug",
+		"Resumed reading from %s after %.3f s paused while it did not read what was sent", self:describe(), seconds);
 	update_interest(self);
 end
 
