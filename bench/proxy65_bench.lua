@@ -91,20 +91,7 @@ Component "proxy.localhost" "proxy65"
 
 local read_file = prosody.read_file;
 
-local CLK_TCK = (function ()
-	local h = io.popen("getconf CLK_TCK");
-	local v = tonumber(h:read("a"));
-	h:close();
-	return v or 100;
-end)();
-
-local function cpu_seconds(pid)
-	local fields = {};
-	for field in read_file("/proc/" .. pid .. "/stat"):gsub("^.*%) ", ""):gmatch("%S+") do
-		table.insert(fields, field);
-	end
-	return ((tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)) / CLK_TCK;
-end
+local cpu_seconds = prosody.cpu_seconds;
 
 local function login(server, user)
 	return assert(xmpp.connect({ port = server.ports.c2s, domain = "localhost",

@@ -19,20 +19,7 @@ local STALL = tonumber(os.getenv("BENCH_STALL")) or 10;
 local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS")) or 3;
 local SECRET = "bench-secret";
 
-local CLK_TCK = (function ()
-	local h = io.popen("getconf CLK_TCK");
-	local v = tonumber(h:read("a"));
-	h:close();
-	return v or 100;
-end)();
-
-local function cpu_seconds(pid)
-	local fields = {};
-	for field in prosody.read_file("/proc/" .. pid .. "/stat"):gsub("^.*%) ", ""):gmatch("%S+") do
-		table.insert(fields, field);
-	end
-	return ((tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)) / CLK_TCK;
-end
+local cpu_seconds = prosody.cpu_seconds;
 
 -- One run: a fresh component, the requests, the replies; -> CPU-s per
 -- 1,000 requests, seconds.

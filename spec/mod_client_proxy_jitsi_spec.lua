@@ -11,7 +11,6 @@ local metrics = require "spec.helpers.metrics";
 local st = require "util.stanza";
 local jid = require "util.jid";
 
-local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 local xmlns_test = "urn:example:client-proxy";
 -- cproxy.resources: bad answers in a row before a quarantine.
 local QUARANTINE_AFTER = dofile("lua/cproxy/client_proxy/resources.lua").QUARANTINE_AFTER;
@@ -34,14 +33,7 @@ Component "ext.localhost"
 	component_secret = "ext-secret"
 ]];
 
-local function condition(reply)
-	local err = reply and reply:get_child("error");
-	for child in (err and err:childtags(nil, xmlns_stanzas) or function () end) do
-		if child.name ~= "text" then
-			return err.attr.type .. "/" .. child.name;
-		end
-	end
-end
+local condition = xmpp.error_condition;
 
 local function request(to, type_, id)
 	return xmpp.iq({ type = type_ or "get", to = to, id = id }):tag("query", { xmlns = xmlns_test }):up();
@@ -93,7 +85,7 @@ describe("mod_client_proxy where Jitsi runs it (#28) #integration", function ()
 
 	-- Waits for a gauge to read `value`; returns what it read last.
 	local function gauge_becomes(name, host, value)
-		local deadline, got = socket.gettime() + 5 * prosody.slow, nil;
+		local deadline, got = socket.gettime() + 5 * prosody.slow;
 		repeat
 			got = gauge(name, host);
 		until got == value or not socket.sleep(0.05) and socket.gettime() > deadline;

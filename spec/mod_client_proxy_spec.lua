@@ -8,7 +8,6 @@ local xmpp = require "spec.helpers.xmpp_client";
 local st = require "util.stanza";
 local jid = require "util.jid";
 
-local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 local xmlns_test = "urn:example:client-proxy";
 
 local components = {
@@ -64,17 +63,7 @@ local function login(server, user, resource, opts)
 		password = user, resource = resource or ("r" .. math.random(1e6)), priority = opts.priority }));
 end
 
-local function condition(reply)
-	local err = reply and reply:get_child("error");
-	if not err then
-		return nil;
-	end
-	for child in err:childtags(nil, xmlns_stanzas) do
-		if child.name ~= "text" then
-			return err.attr.type .. "/" .. child.name;
-		end
-	end
-end
+local condition = xmpp.error_condition;
 
 local function request(to, type_, id)
 	return xmpp.iq({ type = type_ or "get", to = to, id = id }):tag("query", { xmlns = xmlns_test }):up();

@@ -13,17 +13,9 @@ local st = require "util.stanza";
 local jid = require "util.jid";
 
 local SECRET = "jat-secret-" .. math.random(1e9);
-local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 local xmlns_test = "urn:example:client-proxy";
 
-local function condition(reply)
-	local err = reply and reply:get_child("error");
-	for child in (err and err:childtags(nil, xmlns_stanzas) or function () end) do
-		if child.name ~= "text" then
-			return err.attr.type .. "/" .. child.name;
-		end
-	end
-end
+local condition = xmpp.error_condition;
 
 local function request(type_, id)
 	return xmpp.iq({ type = type_ or "get", to = "jat.localhost", id = id }):tag("query", { xmlns = xmlns_test }):up();

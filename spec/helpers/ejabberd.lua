@@ -70,11 +70,7 @@ end
 
 -- CPU-seconds of the VM, all its threads.
 function handle_mt:cpu_seconds()
-	local fields = {};
-	for field in read_file("/proc/" .. self:beam_pid() .. "/stat"):gsub("^.*%) ", ""):gmatch("%S+") do
-		table.insert(fields, field);
-	end
-	return ((tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)) / self.clk_tck;
+	return prosody.cpu_seconds(self:beam_pid());
 end
 
 -- Runs an ejabberdctl command on this node; returns ok, output.
@@ -202,8 +198,6 @@ function M.start(opts)
 	for _, name in ipairs({ "c2s", "component", "proxy65", "dist" }) do
 		self.ports[name] = prosody.free_port();
 	end
-	local _, tck = shell("getconf CLK_TCK");
-	self.clk_tck = tonumber(tck) or 100;
 	local tag = ("%d%06d"):format(os.time() % 100000, math.random(1e6) - 1);
 	local cookie = ("cproxy%d%d"):format(math.random(1e9), math.random(1e9));
 	assert(os.execute(("mkdir -p %q %q"):format(dir .. "/spool", dir .. "/logs")));

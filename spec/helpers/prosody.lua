@@ -153,15 +153,25 @@ function handle_mt:alive()
 	return self.pid and os.execute("kill -0 " .. self.pid .. " 2>/dev/null") == true;
 end
 
-function handle_mt:cpu_seconds()
-	local stat = read_file("/proc/" .. self.pid .. "/stat");
+-- The CPU time a process has used so far, all threads, in seconds.
+local clk_tck;
+function M.cpu_seconds(pid)
+	if not clk_tck then
+		local _, tck = shell("getconf CLK_TCK");
+		clk_tck = tonumber(tck) or 100;
+	end
+	local stat = read_file("/proc/" .. pid .. "/stat");
 	local fields = {};
 	for field in stat:gsub("^.*%) ", ""):gmatch("%S+") do
 		table.insert(fields, field);
 	end
 	-- After the ")" field 1 is state; utime and stime are fields 12 and 13.
 	local ticks = (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0);
-	return ticks / self.clk_tck;
+	return ticks / clk_tck;
+end
+
+function handle_mt:cpu_seconds()
+	return M.cpu_seconds(self.pid);
 end
 
 -- Runs `prosodyctl shell` commands (needs the admin_shell module and
@@ -314,8 +324,6 @@ function M.start(opts)
 	for _, name in ipairs({ "c2s", "s2s", "component", "proxy65" }) do
 		self.ports[name] = M.free_port();
 	end
-	local _, tck = shell("getconf CLK_TCK");
-	self.clk_tck = tonumber(tck) or 100;
 	local config = {
 		("data_path = %q"):format(dir);
 		("pidfile = %q"):format(dir .. "/prosody.pid");

@@ -225,4 +225,17 @@ function M.component(opts)
 	return client;
 end
 
+-- An error reply's "type/condition" ("cancel/service-unavailable"), or nil.
+function M.error_condition(reply)
+	local err = reply and reply:get_child("error");
+	if not err then
+		return nil;
+	end
+	for child in err:childtags(nil, "urn:ietf:params:xml:ns:xmpp-stanzas") do
+		if child.name ~= "text" then
+			return err.attr.type .. "/" .. child.name;
+		end
+	end
+end
+
 return M;

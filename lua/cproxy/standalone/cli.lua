@@ -10,6 +10,8 @@
 local ipairs, pairs, tonumber, tostring, type, setmetatable = ipairs, pairs, tonumber, tostring, type, setmetatable;
 local format, concat = string.format, table.concat;
 
+local jids = require "cproxy.standalone.jid";
+
 local M = {};
 
 local cli_mt = {};
@@ -209,6 +211,25 @@ function cli_mt:resolve(args, env)
 	end
 	opts.secret = secret;
 	return opts;
+end
+
+-- resolve(), the error printed, and --jid checked: the component's domain
+-- (example: a JID to show). -> opts, jid (normalised) | nil, exit status
+function cli_mt:start(args, env, example)
+	local program = self.spec.program;
+	local opts, status, err = self:resolve(args, env);
+	if not opts then
+		if err then
+			io.stderr:write(program, ": ", err, "\n");
+		end
+		return nil, status;
+	end
+	local jid = opts.jid and jids.prep(opts.jid);
+	if not jid or jids.split(jid) then -- a node: not a domain
+		io.stderr:write(format("%s: --jid must be the component's domain JID, e.g. %s\n", program, example));
+		return nil, 2;
+	end
+	return opts, jid;
 end
 
 -- A comma- or space-separated list -> its items.

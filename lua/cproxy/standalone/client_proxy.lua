@@ -19,7 +19,7 @@ local routing = require "cproxy.client_proxy.router";
 local recent = require "cproxy.client_proxy.recent";
 local socket = require "socket";
 
-local ipairs, tostring, select, format, random = ipairs, tostring, select, string.format, math.random;
+local ipairs, tostring, format, random = ipairs, tostring, string.format, math.random;
 
 local M = {};
 
@@ -70,23 +70,15 @@ end
 
 -- Runs the component; returns the process's exit status.
 function M.main(args, env)
-	local opts, exit_status, err = command_line:resolve(args, env);
+	local opts, jid = command_line:start(args, env, "focus.example.org");
 	if not opts then
-		if err then
-			io.stderr:write("client_proxy: ", err, "\n");
-		end
-		return exit_status;
-	end
-	if not opts.jid or not jids.prep(opts.jid) or select(1, jids.split(opts.jid)) then
-		io.stderr:write("client_proxy: --jid must be the component's domain JID, e.g. focus.example.org\n");
-		return 2;
+		return jid; -- the exit status
 	end
 	local settings, serr = settings_of(opts);
 	if not settings then
 		io.stderr:write("client_proxy: ", serr, "\n");
 		return 2;
 	end
-	local jid = jids.prep(opts.jid);
 	local log = cli.logger(opts["log-level"]);
 	local loop = loop_lib.new({ log = log, max_queued = opts["max-queued-output"] });
 	-- Without --tag-secret, a random key: tags then last until a restart.
@@ -126,34 +118,22 @@ function M.main(args, env)
 		end
 	end
 
-	local status = 0;
-	conn = component.new({
+	log("info", "Routing requests to %s for %s (addressing %s, policy %s)", settings.target, jid,
+		settings.addressing, settings.policy);
+	return component.serve(loop, {
 		jid = jid, secret = opts.secret, host = opts.rhost, port = opts.rport,
 		server = loop.server, timer = loop.timer, log = log, retry = opts.retry,
 		on_stanza = on_stanza,
+		on_created = function (c) conn = c; end,
 		-- Each (re)connection asks again: the server may have restarted.
 		on_online = function ()
 			router.subscribe();
 		end,
-		on_failure = function (reason, fatal)
-			if fatal then
-				log("error", "Giving up: %s", reason);
-				status = 1;
-				loop:quit("failed");
-			end
+		-- Nobody will answer these now; tell their senders.
+		on_stop = function ()
+			router.fail_all("cancel", "service-unavailable", "The service is stopping");
 		end,
 	});
-	log("info", "Routing requests to %s for %s (addressing %s, policy %s)", settings.target, jid,
-		settings.addressing, settings.policy);
-	conn:connect();
-	local reason, lerr = loop:run();
-	if not reason and lerr then
-		log("error", "%s", lerr);
-		status = 1;
-	end
-	router.fail_all("cancel", "service-unavailable", "The service is stopping");
-	conn:close();
-	return status;
 end
 
 return M;

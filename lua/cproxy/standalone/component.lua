@@ -173,4 +173,36 @@ function component_mt:close()
 	end
 end
 
+-- Runs a component on `loop` until the loop ends: opts as for new(), but
+-- for on_failure, which this provides: a failure that retrying cannot mend
+-- ends the loop; and on_created(conn) and on_stop() (before the stream
+-- closes), if given. Returns the exit status (0, or 1 after such a failure or
+-- a failing loop).
+function M.serve(loop, opts)
+	local status = 0;
+	local log = opts.log;
+	opts.on_failure = function (reason, fatal)
+		if fatal then
+			log("error", "Giving up: %s", reason);
+			status = 1;
+			loop:quit("failed");
+		end
+	end;
+	local conn = M.new(opts);
+	if opts.on_created then
+		opts.on_created(conn);
+	end
+	conn:connect();
+	local reason, err = loop:run();
+	if not reason and err then
+		log("error", "%s", err);
+		status = 1;
+	end
+	if opts.on_stop then
+		opts.on_stop();
+	end
+	conn:close();
+	return status;
+end
+
 return M;

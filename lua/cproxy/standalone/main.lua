@@ -19,7 +19,7 @@ local loop_lib = require "cproxy.standalone.loop";
 
 local socket = require "socket";
 
-local ipairs, tostring, select = ipairs, tostring, select;
+local ipairs, tostring = ipairs, tostring;
 local format = string.format;
 
 local M = {};
@@ -53,19 +53,10 @@ end
 
 -- Runs the component; returns the process's exit status.
 function M.main(args, env)
-	local opts, exit_status, err = command_line:resolve(args, env);
+	local opts, jid = command_line:start(args, env, "proxy65.example.org");
 	if not opts then
-		if err then
-			io.stderr:write("proxy65: ", err, "\n");
-		end
-		return exit_status;
+		return jid; -- the exit status
 	end
-	local secret = opts.secret;
-	if not opts.jid or not jids.prep(opts.jid) or select(1, jids.split(opts.jid)) then
-		io.stderr:write("proxy65: --jid must be the component's domain JID, e.g. proxy65.example.org\n");
-		return 2;
-	end
-	local jid = jids.prep(opts.jid);
 	local log = cli.logger(opts["log-level"]);
 
 	local listens = {};
@@ -164,26 +155,12 @@ function M.main(args, env)
 		-- IQ results and errors, other presence: nothing to answer.
 	end
 
-	local status = 0;
-	conn = component.new({
-		jid = jid, secret = secret, host = opts.rhost, port = opts.rport,
+	local status = component.serve(loop, {
+		jid = jid, secret = opts.secret, host = opts.rhost, port = opts.rport,
 		server = loop.server, timer = loop.timer, log = log, retry = opts.retry,
 		on_stanza = on_stanza,
-		on_failure = function (reason, fatal)
-			if fatal then
-				log("error", "Giving up: %s", reason);
-				status = 1;
-				loop:quit("failed");
-			end
-		end,
+		on_created = function (c) conn = c; end,
 	});
-	conn:connect();
-	local reason, lerr = loop:run();
-	if not reason and lerr then
-		log("error", "%s", lerr);
-		status = 1;
-	end
-	conn:close();
 	service:close();
 	return status;
 end
