@@ -116,6 +116,26 @@ describe("mod_client_proxy where Jitsi runs it (#28) #integration", function ()
 		assert.equal(1, warnings);
 	end);
 
+	-- Operators reload modules (prosodyctl shell, after an upgrade): the new
+	-- instance must find the sessions already there, and the old one's
+	-- hooks must be gone (or each request would be routed twice).
+	it("finds the target's sessions again after a module reload", function ()
+		local focus = login("focus", "auth.localhost", "reloaded");
+		local alice = login("alice");
+		finally(function () focus:close(); alice:close(); end);
+		assert.equal(1, gauge_becomes("targets_available", "focus.localhost", 1));
+		local ok, out = server:shell('module:reload("client_proxy", "focus.localhost")');
+		assert.truthy(ok and out:match("OK"), out);
+		alice:send(request("focus.localhost", "get", "after-reload"));
+		local req = assert(focus:await(is_request, 5));
+		serve(focus, req);
+		assert.equal("after-reload", assert(alice:await_iq("result")).attr.id);
+		assert.is_nil((focus:await(is_request, 0.5))); -- routed once
+		-- And it still follows them.
+		focus:close();
+		assert.equal(0, gauge_becomes("targets_available", "focus.localhost", 0));
+	end);
+
 	it("fails a get over from a resource that answers feature-not-implemented, and quarantines it", function ()
 		local good = login("flaky", "auth.localhost", "good");
 		local bad = login("flaky", "auth.localhost", "bad");
