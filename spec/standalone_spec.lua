@@ -139,6 +139,42 @@ describe("standalone proxy65 on several nodes #integration", function ()
 	end);
 end);
 
+-- As dist/systemd/proxy65@.service runs it: every option from a config
+-- file, the secret from a file (the unit's credential), and --retry (#32).
+describe("standalone proxy65 as its systemd unit runs it #integration", function ()
+	it("takes its options from --config and its secret from --secret-file", function ()
+		local server, alice, bob = bs.start({ hosts = hosts(), wait_ports = { "c2s", "component" } });
+		local dir = assert(io.popen("mktemp -d \"${TMPDIR:-/tmp}/cproxy-unit.XXXXXX\"")):read("l");
+		local socks_port = prosody.free_port();
+		local f = assert(io.open(dir .. "/unit.cfg.lua", "w"));
+		f:write(("jid = \"proxy.localhost\"\nrhost = \"127.0.0.1\"\nrport = %d\nproxyips = \"127.0.0.1:%d\"\n"
+			.. "partner_timeout = 1800\nrelay_nice = 5\nlog_level = \"debug\"\n"):format(server.ports.component, socks_port));
+		f:close();
+		f = assert(io.open(dir .. "/secret", "w"));
+		f:write(SECRET, "\n");
+		f:close();
+		local pid = assert(io.popen(("%s/bin/proxy65 --config %q --secret-file %q --retry >%q 2>&1 & echo $!")
+			:format(prosody.root, dir .. "/unit.cfg.lua", dir .. "/secret", dir .. "/log")):read("l"));
+		finally(function ()
+			os.execute("kill " .. pid .. " 2>/dev/null");
+			os.execute(("rm -rf %q"):format(dir));
+			bs.stop(server, alice, bob);
+		end);
+		local deadline = socket.gettime() + 10 * prosody.slow;
+		while not prosody.read_file(dir .. "/log"):match("Connected to") and socket.gettime() < deadline do
+			socket.sleep(0.05);
+		end
+		local reply = assert(alice:request(xmpp.iq({ type = "get", to = "proxy.localhost" })
+			:tag("query", { xmlns = bs.xmlns, sid = "unit" })));
+		assert.equal("result", reply.attr.type, prosody.read_file(dir .. "/log"));
+		local streamhost = reply:get_child("query", bs.xmlns):get_child("streamhost");
+		assert.same({ "127.0.0.1", tostring(socks_port) }, { streamhost.attr.host, streamhost.attr.port });
+		local t_sock, i_sock = bs.open_stream(server, alice, bob, { port = socks_port });
+		assert.equal("unit", s5.run({ { from = i_sock, to = t_sock, data = "unit" } })[1]);
+		t_sock:close(); i_sock:close();
+	end);
+end);
+
 describe("standalone proxy65 when its server is killed #integration", function ()
 	it("keeps the transfer, and reconnects once the server is back (#21)", function ()
 		local server, alice, bob = bs.start({ hosts = hosts(), wait_ports = { "c2s", "component" } });
