@@ -46,7 +46,7 @@ PROSODY13_TARBALL ?= ../shared/third_party/prosody-$(PROSODY13_VERSION).tar.gz
 PROSODY13 = $(BUILD)/prosody-$(PROSODY13_VERSION)
 PROSODY_BUILD_DEPS = libidn2-dev libicu-dev
 
-.PHONY: all clean deps check check-prosody13 test stress bench run install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability deps-recommends deps-ejabberd deps-slixmpp deps-gloox
+.PHONY: all clean deps check check-prosody13 test stress bench run try install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability deps-recommends deps-ejabberd deps-slixmpp deps-gloox
 
 all: $(CORE)
 
@@ -141,6 +141,11 @@ bench: deps all $(LOADGEN) $(RELAY)
 
 run: all
 	@bash tools/run-demo
+
+# A transfer through proxy65 and a JAT round trip, with real clients,
+# against `make run`'s server or one of its own (tools/try).
+try: all deps-slixmpp
+	@bash tools/try
 
 # ejabberd, for spec/standalone_ejabberd_spec.lua and the bench's ejabberd
 # row; both skip it, saying so, where it is missing. CI installs it.

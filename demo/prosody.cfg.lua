@@ -23,6 +23,9 @@ allow_unencrypted_plain_auth = true;
 VirtualHost "localhost"
 
 Component "proxy.localhost" "proxy65"
+	-- An address clients can use whatever their resolver makes of
+	-- proxy.localhost (some answer NXDOMAIN).
+	proxy65_address = { "127.0.0.1" }
 
 Component "jat.localhost" "client_proxy"
 	target_address = "svc@localhost"

@@ -12,6 +12,9 @@
 #   initiator: sent N bytes, sha256 HEX
 #   target: received N bytes, sha256 HEX
 #
+# With SLIXMPP_TRANSFER_PROGRESS=1 in the environment, the target also
+# prints "progress N" (bytes so far) about twice a second (make try).
+#
 # It compares nothing: the caller does (spec/slixmpp_spec.lua). It exits
 # 1 when the transfer fails or does not end within the timeout, and 2 on
 # a usage error. It does not speak TLS: the server is on loopback.
@@ -22,13 +25,16 @@
 import asyncio
 import hashlib
 import logging
+import os
 import random
 import sys
+import time
 
 import slixmpp
 
 # What the initiator hands to the plugin's write() at a time.
 CHUNK = 65536
+PROGRESS = os.environ.get("SLIXMPP_TRANSFER_PROGRESS") == "1"
 
 
 class Client(slixmpp.ClientXMPP):
@@ -45,6 +51,7 @@ class Client(slixmpp.ClientXMPP):
         self.closed = loop.create_future()
         self.received = 0
         self.digest = hashlib.sha256()
+        self.progress_at = 0.0
         self.add_event_handler("session_start", self._on_start)
         self.add_event_handler("failed_auth", self._on_failed_auth)
         self.add_event_handler("socks5_data", self._on_data)
@@ -61,6 +68,9 @@ class Client(slixmpp.ClientXMPP):
     def _on_data(self, data):
         self.received += len(data)
         self.digest.update(data)
+        if PROGRESS and time.monotonic() - self.progress_at >= 0.5:
+            self.progress_at = time.monotonic()
+            print(f"progress {self.received}", flush=True)
 
     def _on_closed(self, exc):
         if not self.closed.done():
