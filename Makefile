@@ -46,7 +46,7 @@ PROSODY13_TARBALL ?= ../shared/third_party/prosody-$(PROSODY13_VERSION).tar.gz
 PROSODY13 = $(BUILD)/prosody-$(PROSODY13_VERSION)
 PROSODY_BUILD_DEPS = libidn2-dev libicu-dev
 
-.PHONY: all clean deps check check-prosody13 test stress bench run try install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability deps-recommends deps-ejabberd deps-slixmpp deps-gloox
+.PHONY: all clean deps check check-prosody13 test stress bench run try deb check-package install FORCE fuzz fuzz-build check-sanitize check-valgrind deps-reliability deps-recommends deps-ejabberd deps-slixmpp deps-gloox
 
 all: $(CORE)
 
@@ -62,7 +62,7 @@ $(BUILD)/obj/%.o: src/%.c $(HEADERS) $(FLAGS_STAMP)
 
 $(CORE): $(OBJECTS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LIBFLAG) -o $@ $(OBJECTS) $(LIBS)
+	$(CC) $(LIBFLAG) $(LDFLAGS) -o $@ $(OBJECTS) $(LIBS)
 
 install: $(CORE)
 	install -d $(INST_LIBDIR)/cproxy $(PLUGIN_DIR)/cproxy
@@ -141,6 +141,23 @@ bench: deps all $(LOADGEN) $(RELAY)
 
 run: all
 	@bash tools/run-demo
+
+# The Debian package, built offline from a copy of this tree in
+# build/deb/ (dpkg-buildpackage writes beside the source), then checked
+# with lintian, which must find no error.
+DEB_DIR = $(BUILD)/deb
+deb:
+	@sh tools/install-deps debhelper lintian dpkg-dev
+	rm -rf $(DEB_DIR)
+	mkdir -p $(DEB_DIR)/prosody-cproxy
+	tar --exclude=./build --exclude=./.git -cf - . | tar -x -C $(DEB_DIR)/prosody-cproxy
+	cd $(DEB_DIR)/prosody-cproxy && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error $(DEB_DIR)/*.deb
+
+# The package installed, used by a Prosody run as Debian runs it, and
+# removed (spec/debian_package_spec.lua; root).
+check-package: deb
+	@bash tools/run-specs $(BUSTED) --run=package
 
 # A transfer through proxy65 and a JAT round trip, with real clients,
 # against `make run`'s server or one of its own (tools/try).

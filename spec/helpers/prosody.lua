@@ -276,8 +276,14 @@ local function launch(self, opts, level)
 		-- (`ulimit -n hard` is bash's; Debian's sh, dash, wants a number.)
 		local limit = opts.max_fds and ("ulimit -n %d 2>/dev/null || ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; ")
 			:format(opts.max_fds) or "";
+		-- opts.user runs it as that user, as Debian's unit does (the
+		-- prosody user), rather than as root.
+		local prefix = table.concat(env, " ");
+		if opts.user then
+			prefix = ("setpriv --reuid=%s --regid=%s --init-groups env %s"):format(opts.user, opts.user, prefix);
+		end
 		local _, pid = shell(("cd %q && %s%s -F --config %q >%q 2>&1 & echo $!"):format(
-			dir, limit, M.command("prosody", table.concat(env, " ")), self.config_path, dir .. "/console.log"));
+			dir, limit, M.command("prosody", prefix), self.config_path, dir .. "/console.log"));
 		self.pid = tonumber(pid:match("%d+"));
 	end
 
@@ -315,7 +321,8 @@ end
 
 -- opts: plugin_paths, global, hosts, accounts, backend, log_level,
 -- wait_ports, expect_failure, env, daemonize (start with `prosodyctl start`
--- instead of `prosody -F`), admin (enable `prosodyctl shell`), max_fds.
+-- instead of `prosody -F`), admin (enable `prosodyctl shell`), max_fds,
+-- user (run `prosody -F` as this user, its files chowned to it: needs root).
 function M.start(opts)
 	opts = opts or {};
 	local _, dir = shell("mktemp -d \"${TMPDIR:-/tmp}/cproxy-spec.XXXXXX\"");
@@ -351,7 +358,7 @@ function M.start(opts)
 		"http_ports = {}";
 		"https_ports = {}";
 	};
-	if is_root() then
+	if is_root() and not opts.user then
 		table.insert(config, "run_as_root = true");
 	end
 	if opts.admin then
@@ -363,6 +370,9 @@ function M.start(opts)
 	self.config_hosts = opts.hosts or "VirtualHost \"localhost\"";
 	self.config_path = dir .. "/prosody.cfg.lua";
 	write_config(self);
+	if opts.user then
+		shell(("chown -R %s: %q"):format(opts.user, dir)); -- prosodyctl checks it can read the config
+	end
 
 	for _, account in ipairs(opts.accounts or {}) do
 		local ok, out = shell(("%s --config %q register %q %q %q"):format(
@@ -373,6 +383,9 @@ function M.start(opts)
 		end
 	end
 
+	if opts.user then
+		shell(("chown -R %s: %q"):format(opts.user, dir)); -- the accounts' files too
+	end
 	self.opts = opts;
 	launch(self, opts, 2);
 	return self;
