@@ -68,15 +68,9 @@ describe("the Debian package #package", function ()
 
 		svc = assert(xmpp.connect({ port = server.ports.c2s, domain = "localhost", username = "svc",
 			password = "svc-pw", resource = "svc" }));
-		local req;
-		for _ = 1, 20 do
-			alice:send(xmpp.iq({ type = "get", to = "jat.localhost", id = "deb" }):tag("query", { xmlns = "urn:example:deb" }):up());
-			req = svc:await(function (s) return s.name == "iq" and s.attr.type == "get"; end, 0.5);
-			if req then
-				break;
-			end
-			alice:await_iq("error", 0.5);
-		end
+		local _, req = xmpp.until_routed(alice, { svc }, function ()
+			return xmpp.iq({ type = "get", to = "jat.localhost", id = "deb" }):tag("query", { xmlns = "urn:example:deb" }):up();
+		end, function (s) return s.name == "iq" and s.attr.type == "get"; end, 10 * prosody.slow);
 		assert.truthy(req, "client_proxy routed nothing");
 		assert.equal("jat.localhost/" .. alice.jid, req.attr.from);
 		svc:send(st.reply(req));

@@ -43,17 +43,7 @@ end
 -- Sends requests from `user` until one reaches `client`, answering those
 -- that do not (the component may not know the resource yet).
 local function until_routed(user, clients, id)
-	local deadline = socket.gettime() + 10 * prosody.slow;
-	repeat
-		user:send(request("get", id));
-		for _, client in ipairs(clients) do
-			local req = client:await(is_request, 0.3);
-			if req then
-				return client, req;
-			end
-		end
-		user:await_iq("error", 1);
-	until socket.gettime() > deadline;
+	return xmpp.until_routed(user, clients, function () return request("get", id); end, is_request, 10 * prosody.slow);
 end
 
 -- The real-client checks, whichever server: `server` has ports.c2s and

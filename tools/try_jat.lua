@@ -20,15 +20,9 @@ if sub then
 	svc:send(st.presence({ type = "subscribed", to = sub.attr.from }));
 end
 local query = "urn:example:try";
-local req;
-for _ = 1, 20 do -- until the component has seen svc's session
-	alice:send(xmpp.iq({ type = "get", to = "jat.localhost", id = "try-1" }):tag("query", { xmlns = query }):up());
-	req = svc:await(function (s) return s.name == "iq" and s.attr.type == "get"; end, 0.5);
-	if req then
-		break;
-	end
-	alice:await_iq("error", 0.5);
-end
+local _, req = xmpp.until_routed(alice, { svc }, function ()
+	return xmpp.iq({ type = "get", to = "jat.localhost", id = "try-1" }):tag("query", { xmlns = query }):up();
+end, function (s) return s.name == "iq" and s.attr.type == "get"; end);
 assert(req, "the request never reached svc@localhost");
 local address = req.attr.from:match("^jat%.localhost/(.+)$");
 print(("  %s received a request from %s"):format(svc.jid, req.attr.from));

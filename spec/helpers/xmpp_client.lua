@@ -225,6 +225,24 @@ function M.component(opts)
 	return client;
 end
 
+-- Sends `make_request()` from `user` until one reaches one of `clients`
+-- (a component may not know an implementing client's session at once;
+-- each miss comes back as an error, read here). `is_request` says which
+-- stanza counts. -> client, request | nil after `seconds` (10).
+function M.until_routed(user, clients, make_request, is_request, seconds)
+	local deadline = socket.gettime() + (seconds or 10);
+	repeat
+		user:send(make_request());
+		for _, client in ipairs(clients) do
+			local req = client:await(is_request, 0.3);
+			if req then
+				return client, req;
+			end
+		end
+		user:await_iq("error", 1);
+	until socket.gettime() > deadline;
+end
+
 -- An error reply's "type/condition" ("cancel/service-unavailable"), or nil.
 function M.error_condition(reply)
 	local err = reply and reply:get_child("error");
