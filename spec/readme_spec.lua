@@ -5,13 +5,13 @@ require "spec.helpers.core"; -- this checkout's C extension
 package.path = "lua/?.lua;" .. package.path;
 local option_table = require "cproxy.proxy65.options";
 
--- The README's rows "| `proxy65_x` | default | meaning |" -> { x = default text }.
-local function readme_rows()
+-- The README's option rows "| `PREFIXx` | default | meaning |" -> { x = default text }.
+local function readme_rows(prefix)
 	local f = assert(io.open("README.markdown"));
 	local text = f:read("a");
 	f:close();
 	local rows = {};
-	for name, default in text:gmatch("\n| `proxy65_([%w_]+)` | ([^|]-) | [^|\n]+ |") do
+	for name, default in text:gmatch("\n| `" .. prefix .. "([%w_]+)` | ([^|]-) | [^|\n]+ |") do
 		rows[name] = default;
 	end
 	return rows;
@@ -24,7 +24,7 @@ end
 
 describe("README.markdown", function ()
 	it("documents each of proxy65's own options with the default the code uses", function ()
-		local rows = readme_rows();
+		local rows = readme_rows("proxy65_");
 		for _, entry in ipairs(option_table.entries) do
 			local row = rows[entry.name];
 			assert.truthy(row, "no row for proxy65_" .. entry.name);
@@ -41,20 +41,14 @@ describe("README.markdown", function ()
 		for _, name in ipairs({ "ports", "interfaces", "address", "acl", "open_access" }) do
 			known[name] = true;
 		end
-		for name in pairs(readme_rows()) do
+		for name in pairs(readme_rows("proxy65_")) do
 			assert.truthy(known[name], "proxy65_" .. name .. " is in the README, not in the code");
 		end
 	end);
 
 	it("documents each of client_proxy's options with the default the code uses", function ()
 		local client_options = require "cproxy.client_proxy.options";
-		local f = assert(io.open("README.markdown"));
-		local text = f:read("a");
-		f:close();
-		local rows = {};
-		for name, default in text:gmatch("\n| `([%w_]+)` | ([^|]-) | [^|\n]+ |") do
-			rows[name] = default;
-		end
+		local rows = readme_rows("");
 		for _, entry in ipairs(client_options.entries) do
 			local row = rows[entry.option];
 			assert.truthy(row, "no row for " .. entry.option);

@@ -33,12 +33,20 @@ local COMMON = {
 
 -- spec: program (its name), version, synopsis (the usage's first lines),
 -- secret_env (the environment variable the secret may come from), options
--- (the component's own: { flag, kind, default, meaning[, entry] }, entry
--- with min, max or choices where the value is bounded).
+-- (the component's own: { flag, kind, default, meaning }), and entries (a
+-- component's option table, cproxy/proxy65/options.lua or
+-- cproxy/client_proxy/options.lua: each entry's flag, kind, bounds or
+-- choices, default and meaning; a "jid" or "list" entry is taken as a
+-- string, a list comma-separated).
 function M.new(spec)
 	local options = {};
 	for _, option in ipairs(spec.options) do
 		options[#options + 1] = option;
+	end
+	for _, entry in ipairs(spec.entries or {}) do
+		local list = entry.kind == "list";
+		options[#options + 1] = { entry.flag, (list or entry.kind == "jid") and "string" or entry.kind,
+			not list and entry.default or nil, entry.meaning .. (list and ", comma-separated" or ""), entry };
 	end
 	for _, option in ipairs(COMMON) do
 		options[#options + 1] = option;

@@ -28,18 +28,11 @@ M.version = "prosody-cproxy client_proxy " .. core.version;
 local xmlns_disco_info = "http://jabber.org/protocol/disco#info";
 
 -- The component's JID, then the module's options with their flags
--- (--target, --policy, ...): { flag, kind, default, meaning, entry }.
-local OPTIONS = {
-	{ "jid", "string", nil, "the component's JID (required)" },
-};
-for _, entry in ipairs(option_table.entries) do
-	local kind = (entry.kind == "jid" or entry.kind == "list") and "string" or entry.kind;
-	OPTIONS[#OPTIONS + 1] = { entry.flag, kind, entry.default ~= nil and entry.kind ~= "list" and entry.default or nil,
-		entry.meaning .. (entry.kind == "list" and ", comma-separated" or ""), entry };
-end
-
+-- (--target, --policy, ...).
 local command_line = cli.new({
-	program = "client_proxy", version = M.version, secret_env = "CLIENT_PROXY_SECRET", options = OPTIONS,
+	program = "client_proxy", version = M.version, secret_env = "CLIENT_PROXY_SECRET",
+	options = { { "jid", "string", nil, "the component's JID (required)" } },
+	entries = option_table.entries,
 	synopsis = { "Usage: client_proxy --jid JID --target USER@HOST --rhost HOST --rport PORT [options]",
 		"Jabber Address Translation (client_proxy) as an XEP-0114 external component." },
 });

@@ -37,13 +37,9 @@ local OPTIONS = {
 	{ "name", "string", "SOCKS5 Bytestreams Service", "the disco identity's name" },
 };
 
--- The service's, after those: { flag, kind, default, meaning, entry }.
-for _, entry in ipairs(option_table.entries) do
-	OPTIONS[#OPTIONS + 1] = { entry.flag, entry.kind, entry.default, entry.meaning, entry };
-end
-
 local command_line = cli.new({
 	program = "proxy65", version = M.version, secret_env = "PROXY65_SECRET", options = OPTIONS,
+	entries = option_table.entries, -- the service's options, as the module's
 	synopsis = { "Usage: proxy65 --jid JID --rhost HOST --rport PORT --proxyips IP:PORT[,...] [options]",
 		"An XEP-0065 SOCKS5 bytestreams proxy, as an XEP-0114 external component." },
 });
