@@ -2,6 +2,9 @@
 -- SOCKS5 server pairs loadgen's connections and hands them to the engine
 -- at once. For choosing engine options; `make bench` measures the module.
 --   lua5.4 bench/engine_bench.lua [mode] [buffer_size] [streams] [MiB per stream] [sockbuf]
+--     [relay_memory]
+-- Prints the load generator's result and this process's CPU-seconds (the
+-- relay thread's, mostly) per GiB relayed.
 package.cpath = "./build/?.so;" .. package.cpath;
 local socket = require "socket";
 local core = require "cproxy.core";
@@ -11,8 +14,10 @@ local buffer_size = tonumber(arg[2]) or 4 * 1048576;
 local streams = tonumber(arg[3]) or 1;
 local mib = tonumber(arg[4]) or 2048;
 local sockbuf = tonumber(arg[5]) or 0;
+local relay_memory = tonumber(arg[6]);
 
-local engine = assert(core.engine({ mode = mode, buffer_size = buffer_size, sockbuf = sockbuf }));
+local engine = assert(core.engine({ mode = mode, buffer_size = buffer_size, sockbuf = sockbuf,
+	relay_memory = relay_memory }));
 local server = assert(socket.bind("127.0.0.1", 0));
 local _, port = server:getsockname();
 
@@ -49,10 +54,12 @@ for _ = 1, streams do
 	handshake(target);
 	local initiator = assert(server:accept());
 	handshake(initiator);
-	assert(engine:add(take_fd(target), take_fd(initiator)));
+	assert(engine:add(core.own_fd(take_fd(target)), core.own_fd(take_fd(initiator))));
 end
 local output = loadgen:read("a");
 loadgen:close();
 local result = output:match("result[^\n]*") or output;
-print(("%-6s buffer=%-8d sockbuf=%-8d streams=%d  %s  (lua cpu %.2fs)"):format(mode, buffer_size, sockbuf, streams, result, os.clock() - cpu0));
+local gib = streams * mib / 1024;
+print(("%-6s buffer=%-8d sockbuf=%-8d relay_memory=%-9s streams=%d  %s  CPU-s/GiB %.3f"):format(mode,
+	buffer_size, sockbuf, tostring(relay_memory or "default"), streams, result, (os.clock() - cpu0) / gib));
 engine:close();

@@ -4,8 +4,10 @@
 -- mod_proxy65 and ours, each in a real Prosody, and ejabberd's own
 -- mod_proxy65 (when ejabberd is installed). Rounds run interleaved and
 -- each figure is the median of the rounds. Prints MiB/s, CPU-seconds per
--- GiB relayed (of the relay's process, all threads), and XEP-0199 ping
--- round trips at rest and under load, both from the same round.
+-- GiB relayed (of the relay's process, all threads, and of ours' relay
+-- thread alone: the process also answers the bench's pings, which the
+-- C relay never sees), and XEP-0199 ping round trips at rest and under
+-- load, both from the same round.
 --
 -- Run from the checkout's root: lua5.4 bench/proxy65_bench.lua
 -- Environment:
@@ -92,6 +94,7 @@ Component "proxy.localhost" "proxy65"
 local read_file = prosody.read_file;
 
 local cpu_seconds = prosody.cpu_seconds;
+local RELAY_THREAD = "cproxy-relay"; -- ENGINE_THREAD_NAME
 
 local function login(server, user)
 	return assert(xmpp.connect({ port = server.ports.c2s, domain = "localhost",
@@ -154,13 +157,14 @@ local function measure(row, scenario, acc)
 		ping_once(pinger, acc.rest);
 	end
 	local bytes = scenario.bytes;
-	local mibps, cpu;
+	local mibps, cpu, thread_cpu;
 	if row == "direct" then
 		mibps = run_load(("direct %d %d"):format(bytes, scenario.streams), pinger, acc.load);
 	elseif row == "relay" then
 		local cpu0 = cpu_seconds(relay_pid);
 		mibps = run_load(("pair %d %d %d"):format(relay_port, bytes, scenario.streams), pinger, acc.load);
 		cpu = cpu_seconds(relay_pid) - cpu0;
+		thread_cpu = cpu;
 	else
 		if row == "builtin" or row == "ejabberd" then
 			bytes = math.min(bytes, BUILTIN_MAX_BYTES);
@@ -171,10 +175,11 @@ local function measure(row, scenario, acc)
 			sids[i] = ("bench-%d-%d"):format(i, math.random(1e9));
 			hashes[i] = s5.hash(sids[i], alice.jid, bob.jid);
 		end
-		local cpu0;
+		local cpu0, thread0;
 		mibps = run_load(("socks5 %d %d %s"):format(server.ports.proxy65, bytes, table.concat(hashes, " ")),
 			pinger, acc.load, function ()
 				cpu0 = server:cpu_seconds();
+				thread0 = row == "ours" and prosody.thread_cpu_seconds(server.pid, RELAY_THREAD);
 				for i = 1, scenario.streams do
 					local reply = assert(alice:request(xmpp.iq({ type = "set", to = "proxy.localhost" })
 						:tag("query", { xmlns = "http://jabber.org/protocol/bytestreams", sid = sids[i] })
@@ -183,11 +188,17 @@ local function measure(row, scenario, acc)
 				end
 			end);
 		cpu = server:cpu_seconds() - cpu0;
+		if thread0 then
+			thread_cpu = prosody.thread_cpu_seconds(server.pid, RELAY_THREAD) - thread0;
+		end
 		alice:close(); bob:close();
 	end
 	table.insert(acc.mibps, mibps);
 	if cpu then
 		table.insert(acc.cpu, cpu / (bytes * scenario.streams / GiB));
+	end
+	if thread_cpu then
+		table.insert(acc.thread, thread_cpu / (bytes * scenario.streams / GiB));
 	end
 end
 
@@ -236,7 +247,7 @@ local ok, err = pcall(function ()
 		for _, scenario in ipairs(scenarios) do
 			results[scenario] = {};
 			for _, row in ipairs(rows) do
-				results[scenario][row] = { mibps = {}, cpu = {}, rest = {}, load = {} };
+				results[scenario][row] = { mibps = {}, cpu = {}, thread = {}, rest = {}, load = {} };
 			end
 		end
 		io.stderr:write(("rig %s: %s\n"):format(rig, RIGS[rig][1]));
@@ -257,15 +268,15 @@ local ok, err = pcall(function ()
 		print();
 		print(("Rig %s: %s. %d rounds, medians; pings pooled over the rounds, at rest just before each"
 			.. " transfer and during it"):format(rig, RIGS[rig][1], ROUNDS));
-		print(("%-10s %-18s %8s %10s %16s %16s"):format("streams", "relay", "MiB/s", "CPU-s/GiB",
-			"rest p50/p99 ms", "load p50/p99 ms"));
+		print(("%-10s %-18s %8s %10s %10s %16s %16s"):format("streams", "relay", "MiB/s", "CPU-s/GiB",
+			"relay thr", "rest p50/p99 ms", "load p50/p99 ms"));
 		for _, scenario in ipairs(scenarios) do
 			local med = {};
 			for _, row in ipairs(rows) do
 				local r = results[scenario][row];
-				med[row] = { mibps = median(r.mibps), cpu = median(r.cpu) };
-				print(("%-10s %-18s %8.0f %10s %16s %16s"):format(scenario.name, ROW_NAMES[row], med[row].mibps,
-					fmt(med[row].cpu, "%.2f"),
+				med[row] = { mibps = median(r.mibps), cpu = median(r.cpu), thread = median(r.thread) };
+				print(("%-10s %-18s %8.0f %10s %10s %16s %16s"):format(scenario.name, ROW_NAMES[row], med[row].mibps,
+					fmt(med[row].cpu, "%.2f"), fmt(med[row].thread, "%.2f"),
 					fmt(percentile(r.rest, 0.5), "%.2f") .. "/" .. fmt(percentile(r.rest, 0.99), "%.2f"),
 					fmt(percentile(r.load, 0.5), "%.2f") .. "/" .. fmt(percentile(r.load, 0.99), "%.2f")));
 			end
@@ -280,6 +291,9 @@ local ok, err = pcall(function ()
 				table.insert(parts, ("ping p99 load/rest %.2fx"):format(percentile(r.load, 0.99) / percentile(r.rest, 0.99)));
 				if med.relay and med.relay.cpu and med.ours.cpu then
 					table.insert(parts, ("CPU-s/GiB %.2fx relay's"):format(med.ours.cpu / med.relay.cpu));
+					if med.ours.thread == med.ours.thread then
+						table.insert(parts, ("relay thread alone %.2fx"):format(med.ours.thread / med.relay.cpu));
+					end
 				end
 				print(("%-10s ours: %s"):format(scenario.name, table.concat(parts, ", ")));
 			end

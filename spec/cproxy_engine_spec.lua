@@ -32,11 +32,26 @@ local function await_results(engine, n, timeout)
 	return results;
 end
 
-for _, mode in ipairs({ "copy", "splice" }) do
-	describe("cproxy.core.engine (" .. mode .. " mode)", function ()
+-- Copy mode three ways: reads that a pump keeps when the destination takes
+-- part (the default), peeks only (relay_memory 0), and one buffer to hold
+-- for the whole thread, so that one direction holds while the other peeks.
+local variants = {
+	{ name = "copy mode", mode = "copy" },
+	{ name = "copy mode, peeking only", mode = "copy", relay_memory = 0 },
+	{ name = "copy mode, one buffer to hold", mode = "copy", relay_memory = 65536 },
+	{ name = "splice mode", mode = "splice" },
+};
+for _, variant in ipairs(variants) do
+	local mode = variant.mode;
+	-- The variant's engine options, with `options` added.
+	local function with(options)
+		options.mode, options.relay_memory = mode, variant.relay_memory;
+		return options;
+	end
+	describe("cproxy.core.engine (" .. variant.name .. ")", function ()
 		local engine;
 		before_each(function ()
-			engine = assert(core.engine({ mode = mode, buffer_size = 65536 }));
+			engine = assert(core.engine(with({ buffer_size = 65536 })));
 		end);
 		after_each(function ()
 			engine:close();
@@ -192,8 +207,8 @@ for _, mode in ipairs({ "copy", "splice" }) do
 		-- Copy mode used to drop the count of a partial send (a slow but
 		-- moving transfer then looked idle).
 		it("counts the bytes of partial sends, so a slow transfer is not idle", function ()
-			local slow = assert(core.engine({ mode = mode, buffer_size = 65536,
-				idle_timeout = 1, sockbuf = 32768 }));
+			local slow = assert(core.engine(with({ buffer_size = 65536,
+				idle_timeout = 1, sockbuf = 32768 })));
 			local a, b, id = relayed_pair(slow);
 			-- Small buffers: sends are partial, and the kernel holds well
 			-- under the idle timeout's worth of bytes past the relay.
@@ -316,6 +331,7 @@ describe("cproxy.core.engine", function ()
 		assert.has_error(function () core.engine({ mode = "teleport" }) end);
 		assert.has_error(function () core.engine({ buffer_size = 1 }) end);
 		assert.has_error(function () core.engine({ rate_limit = -1 }) end);
+		assert.has_error(function () core.engine({ relay_memory = -1 }) end);
 		assert.has_error(function () core.engine({ max_bytes = "lots" }) end);
 	end);
 

@@ -32,10 +32,9 @@ engine_new(const struct engine_config *cfg, int *err)
 	bucket_init(&e->total, cfg->total_rate_limit, now_us());
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->list_cond, NULL);
-	e->buf.size = cfg->buffer_size ? cfg->buffer_size : ENGINE_BUFFER_SIZE_DEFAULT;
-	e->buf.data = malloc(e->buf.size);
-	if (e->buf.data == NULL) {
-		*err = ENOMEM;
+	if ((*err = relay_buffer_init(&e->buf,
+	    cfg->buffer_size ? cfg->buffer_size : ENGINE_BUFFER_SIZE_DEFAULT,
+	    cfg->relay_memory))) {
 		goto fail;
 	}
 	if ((*err = fd_eventfd(&e->notifyfd))) {
@@ -216,7 +215,7 @@ engine_free(struct engine *e)
 	fd_close(&e->wakefd);
 	fd_close(&e->notifyfd);
 	free(e->done);
-	free(e->buf.data);
+	relay_buffer_free(&e->buf);
 	free(e->next_buf.data);
 	pthread_cond_destroy(&e->list_cond);
 	pthread_mutex_destroy(&e->lock);

@@ -17,9 +17,18 @@
 
 /* The copy buffer's size when the config gives none: one read moves this. */
 #define ENGINE_BUFFER_SIZE_DEFAULT (4u << 20)
+/*
+ * What copy mode may hold of bytes read and not yet sent, in buffers of
+ * buffer_size (relay.h): 16 of the default size, 8 streams' worth.
+ */
+#define ENGINE_RELAY_MEMORY_DEFAULT ((size_t)64 << 20)
+
+/* The relay thread's name, as ps -L and /proc/PID/task/TID/comm show it. */
+#define ENGINE_THREAD_NAME "cproxy-relay"
 
 struct engine_config {
 	size_t buffer_size;	/* copy-mode scratch buffer, shared by all relays; 0: the default */
+	size_t relay_memory;	/* copy mode: buffers relays may hold for unsent bytes */
 	enum relay_mode mode;
 	int idle_timeout_ms;	/* 0: relays never time out */
 	int sockbuf;	/* SO_SNDBUF/SO_RCVBUF to set, 0: leave to the kernel */
@@ -52,8 +61,8 @@ struct engine *engine_new(const struct engine_config *cfg, int *err);
 /*
  * Change the settings for what comes next: mode, socket buffers, the rate
  * limit and the size cap apply to relays added from now on; the idle
- * timeout, the total rate limit, the copy buffer and the thread's nice
- * value to all relays, from the thread's next turn. Returns 0 or an errno
+ * timeout, the total rate limit, the copy buffer, its relay memory and the
+ * thread's nice value to all relays, from the thread's next turn. Returns 0 or an errno
  * value.
  */
 int engine_configure(struct engine *e, const struct engine_config *cfg);

@@ -19,9 +19,10 @@
 struct relay_buffer
 engine_control_take(struct engine *e)
 {
-	struct relay_buffer old = { NULL, 0 };
+	struct relay_buffer old = { 0 };
 
 	if (e->reconfigure) {
+		e->buf.max_held_bytes = e->next_relay_memory;
 		e->cfg.idle_timeout_ms = e->next_idle_timeout_ms;
 		bucket_set_rate(&e->total, e->next_total_rate, now_us());
 		if (e->next_nice != e->cfg.nice) {
@@ -29,8 +30,12 @@ engine_control_take(struct engine *e)
 			engine_loop_set_priority(e);
 		}
 		if (e->next_buf.data) {
-			old = e->buf;
-			e->buf = e->next_buf;
+			/* Held buffers of the old size are freed as they drain. */
+			old.data = e->buf.data;
+			old.free_list = e->buf.free_list;
+			e->buf.data = e->next_buf.data;
+			e->buf.size = e->next_buf.size;
+			e->buf.free_list = NULL;
 			e->next_buf.data = NULL;
 		}
 		e->reconfigure = 0;
@@ -63,7 +68,7 @@ engine_control_take(struct engine *e)
 int
 engine_configure(struct engine *e, const struct engine_config *cfg)
 {
-	struct relay_buffer buf = { NULL, 0 };
+	struct relay_buffer buf = { 0 };
 	int err;
 
 	if ((err = engine_fork_check(e))) {
@@ -80,15 +85,18 @@ engine_configure(struct engine *e, const struct engine_config *cfg)
 	e->cfg.mode = cfg->mode;
 	e->cfg.sockbuf = cfg->sockbuf;
 	e->cfg.buffer_size = cfg->buffer_size;
+	e->cfg.relay_memory = cfg->relay_memory;
 	e->cfg.rate_limit = cfg->rate_limit;
 	e->cfg.max_bytes = cfg->max_bytes;
 	if (!e->thread_started) {
 		e->cfg.idle_timeout_ms = cfg->idle_timeout_ms;
 		e->cfg.nice = cfg->nice;
 		bucket_set_rate(&e->total, cfg->total_rate_limit, now_us());
+		e->buf.max_held_bytes = cfg->relay_memory;
 		if (buf.data) {
-			free(e->buf.data);
-			e->buf = buf;
+			relay_buffer_free(&e->buf);
+			e->buf.data = buf.data;
+			e->buf.size = buf.size;
 		}
 		return 0;
 	}
@@ -99,6 +107,7 @@ engine_configure(struct engine *e, const struct engine_config *cfg)
 	e->next_idle_timeout_ms = cfg->idle_timeout_ms;
 	e->next_total_rate = cfg->total_rate_limit;
 	e->next_nice = cfg->nice;
+	e->next_relay_memory = cfg->relay_memory;
 	e->reconfigure = 1;
 	pthread_mutex_unlock(&e->lock);
 	fd_eventfd_signal(e->wakefd);

@@ -59,6 +59,7 @@ struct engine {
 	int next_idle_timeout_ms;
 	uint64_t next_total_rate;
 	int next_nice;
+	size_t next_relay_memory;
 	int reconfigure;	/* the fields above are waiting to be taken */
 	uint64_t cancel[CANCEL_MAX];	/* relays engine_cancel() asked to end */
 	size_t n_cancel;

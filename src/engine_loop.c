@@ -167,7 +167,7 @@ take_incoming(struct engine *e)
 	stopping = e->stopping;
 	old = engine_control_take(e);
 	pthread_mutex_unlock(&e->lock);
-	free(old.data);
+	relay_buffer_free(&old);
 	while (list) {
 		struct entry *en = list;
 		list = list->next;
@@ -327,6 +327,8 @@ engine_main(void *arg)
 	struct epoll_event events[MAX_EVENTS];
 	int64_t next_sweep = now_ms() + SWEEP_INTERVAL_MS;
 
+	/* So that top -H, ps -L and /proc tell the relay from Prosody's loop. */
+	(void)pthread_setname_np(pthread_self(), ENGINE_THREAD_NAME);
 	engine_loop_set_priority(e);
 	for (;;) {
 		int timeout = -1;
@@ -362,6 +364,9 @@ engine_main(void *arg)
 			unlimit_due(e, now_us());
 		}
 		run_all(e);
+		if (e->active == NULL) {
+			relay_buffer_trim(&e->buf);	/* at rest, one buffer */
+		}
 		if (e->cfg.idle_timeout_ms > 0) {
 			int64_t now = now_ms();
 			if (now >= next_sweep) {

@@ -30,11 +30,12 @@ static const struct limit limits[] = {
 	{ "max_bytes", 0, 0, (lua_Integer)1 << 53 },
 	/* The relay thread's nice value, relative to none (0). */
 	{ "nice", 0, 0, 19 },
+	{ "relay_memory", (lua_Integer)ENGINE_RELAY_MEMORY_DEFAULT, 0, (lua_Integer)1 << 40 },
 };
 
 enum {
 	LIMIT_BUFFER_SIZE, LIMIT_IDLE_TIMEOUT, LIMIT_SOCKBUF, LIMIT_RATE, LIMIT_TOTAL_RATE, LIMIT_MAX_BYTES,
-	LIMIT_NICE
+	LIMIT_NICE, LIMIT_RELAY_MEMORY
 };
 
 struct engine_ud {
@@ -106,6 +107,7 @@ check_config(lua_State *L, int t, struct engine_config *cfg)
 	cfg->total_rate_limit = (uint64_t)opt_limit(L, t, &limits[LIMIT_TOTAL_RATE]);
 	cfg->max_bytes = (uint64_t)opt_limit(L, t, &limits[LIMIT_MAX_BYTES]);
 	cfg->nice = (int)opt_limit(L, t, &limits[LIMIT_NICE]);
+	cfg->relay_memory = (size_t)opt_limit(L, t, &limits[LIMIT_RELAY_MEMORY]);
 	lua_getfield(L, t, "mode");
 	cfg->mode = (enum relay_mode)luaL_checkoption(L, -1, "copy", modes);
 	lua_pop(L, 1);
@@ -113,7 +115,8 @@ check_config(lua_State *L, int t, struct engine_config *cfg)
 
 /*
  * engine{ buffer_size=, mode="copy"|"splice", idle_timeout=seconds, sockbuf=,
- *   rate_limit=, total_rate_limit= (bytes/s), max_bytes=, nice=0..19 }
+ *   rate_limit=, total_rate_limit= (bytes/s), max_bytes=, nice=0..19,
+ *   relay_memory= (bytes) }
  *   -> engine | nil, err, errno
  */
 static int
@@ -137,7 +140,7 @@ l_new(lua_State *L)
 
 /*
  * (engine, { buffer_size=, mode=, idle_timeout=, sockbuf=, rate_limit=,
- *   total_rate_limit=, max_bytes=, nice= }) -> true | nil, err, errno
+ *   total_rate_limit=, max_bytes=, nice=, relay_memory= }) -> true | nil, err, errno
  * The same options as engine{}; see engine_configure() for when each applies.
  */
 static int

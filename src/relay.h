@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 enum relay_mode {
-	RELAY_COPY,	/* recv(MSG_PEEK) into a shared buffer, send, then discard */
+	RELAY_COPY,	/* recv into a shared buffer, send; a pump may hold what is unsent */
 	RELAY_SPLICE	/* splice(2) through a pipe per direction */
 };
 
@@ -29,6 +29,8 @@ struct pump {
 	int eof;	/* the source returned EOF */
 	uint8_t *early;	/* bytes read before activation, sent first */
 	size_t early_len, early_off;
+	uint8_t *held;	/* copy mode: a read's unsent bytes, in a buffer of the pool */
+	size_t held_size, held_off, held_len;
 	int pipe[2];	/* splice mode only, else -1 */
 	size_t in_pipe;	/* bytes spliced into the pipe, not yet out */
 	int ready;	/* the awaited readiness was reported: run it */
@@ -43,11 +45,34 @@ struct relay {
 	enum relay_mode mode;
 };
 
-/* Shared scratch space for copy mode: one per engine thread. */
+/*
+ * Copy mode's memory, one per engine thread. Each read goes into `data`. A
+ * pump whose destination takes only part of a read keeps that buffer, as
+ * its `held` bytes, and the thread goes on with a free one: the unsent
+ * bytes are not copied again. Buffers are held only while `held_bytes`
+ * stays within `max_held_bytes`; past it, a read only peeks and drops what
+ * was sent (MSG_TRUNC), so unsent bytes wait in the kernel, at more CPU
+ * per byte. Drained buffers wait on a free list until no relay runs, so
+ * that a busy thread does not fault in fresh pages for every partial send.
+ * The thread's copy memory is therefore at most 2 * size + max_held_bytes,
+ * and one relay holds at most 2 * size.
+ */
 struct relay_buffer {
-	uint8_t *data;
+	uint8_t *data;	/* where the next read goes: never NULL while in use */
 	size_t size;
+	void *free_list;	/* drained buffers of `size`, linked through their first bytes */
+	size_t held_bytes;	/* in buffers that pumps hold */
+	size_t max_held_bytes;
 };
+
+/* Allocates b->data. Returns 0 or ENOMEM. */
+int relay_buffer_init(struct relay_buffer *b, size_t size, size_t max_held_bytes);
+
+/* Frees b->data and the free list (buffers pumps hold are theirs to free). */
+void relay_buffer_free(struct relay_buffer *b);
+
+/* Frees the free list: the thread calls it when no relay runs. */
+void relay_buffer_trim(struct relay_buffer *b);
 
 /*
  * Set up a relay over two connected sockets (made non-blocking here).

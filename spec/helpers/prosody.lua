@@ -170,6 +170,20 @@ function M.cpu_seconds(pid)
 	return ticks / clk_tck;
 end
 
+-- CPU-seconds of the threads of `pid` named `name` (/proc/PID/task/*/comm).
+function M.thread_cpu_seconds(pid, name)
+	local total = 0;
+	local h = io.popen("ls /proc/" .. pid .. "/task 2>/dev/null");
+	for tid in h:lines() do
+		local dir = "/proc/" .. pid .. "/task/" .. tid;
+		if (read_file(dir .. "/comm") or ""):match("^(.-)%s*$") == name then
+			total = total + M.cpu_seconds(pid .. "/task/" .. tid);
+		end
+	end
+	h:close();
+	return total;
+end
+
 function handle_mt:cpu_seconds()
 	return M.cpu_seconds(self.pid);
 end
