@@ -418,6 +418,34 @@ for _, mode in ipairs({ "copy", "splice" }) do
 			engine:close();
 		end);
 
+		-- A slow receiver makes copy mode hold part of each read: what it
+		-- sends from there counts against the turn's budget as well.
+		it("stops at max_bytes with a slow receiver, partial sends and all", function ()
+			local engine = assert(core.engine({ mode = mode, max_bytes = 100000, sockbuf = 16384 }));
+			local a, b = relayed_pair(engine);
+			b:setoption("recv-buffer-size", 4096);
+			local data = s5.random_bytes(400000, 6);
+			a:settimeout(0);
+			b:settimeout(0);
+			local sent, got, ended = 0, 0, nil;
+			local deadline = socket.gettime() + 20;
+			repeat -- the sender pushes all it can, the receiver takes 4 KiB a turn
+				local n, _, partial = a:send(data, sent + 1);
+				sent = n or (partial and partial > sent and partial) or sent;
+				local chunk, err, part = b:receive(4096);
+				got = got + #(chunk or part or "");
+				ended = err ~= "timeout" and err or nil;
+				socket.sleep(0.005);
+			until ended or socket.gettime() > deadline;
+			assert.truthy(ended, "the transfer was not cut");
+			assert.truthy(got <= 100001, got);
+			local results = await_results(engine, 1);
+			assert.equal("File too large", results[1].error);
+			assert.truthy(results[1].target_bytes <= 100001, results[1].target_bytes);
+			a:close(); b:close();
+			engine:close();
+		end);
+
 		it("relays exactly max_bytes intact", function ()
 			local engine = assert(core.engine({ mode = mode, max_bytes = 100000 }));
 			local a, b = relayed_pair(engine);

@@ -28,7 +28,9 @@
 
 struct engine_config {
 	size_t buffer_size;	/* copy-mode scratch buffer, shared by all relays; 0: the default */
-	size_t relay_memory;	/* copy mode: buffers relays may hold for unsent bytes */
+	size_t relay_memory;	/* copy mode: buffers relays may hold for unsent bytes
+				 * (relay.h); 0: none. engine{} defaults it to
+				 * ENGINE_RELAY_MEMORY_DEFAULT */
 	enum relay_mode mode;
 	int idle_timeout_ms;	/* 0: relays never time out */
 	int sockbuf;	/* SO_SNDBUF/SO_RCVBUF to set, 0: leave to the kernel */

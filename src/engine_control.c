@@ -22,6 +22,9 @@ engine_control_take(struct engine *e)
 	struct relay_buffer old = { 0 };
 
 	if (e->reconfigure) {
+		if (e->next_relay_memory < e->buf.max_held_bytes) {
+			relay_buffer_trim(&e->buf);	/* held ones go as they drain */
+		}
 		e->buf.max_held_bytes = e->next_relay_memory;
 		e->cfg.idle_timeout_ms = e->next_idle_timeout_ms;
 		bucket_set_rate(&e->total, e->next_total_rate, now_us());

@@ -74,6 +74,15 @@ forget_lost_thread(struct engine *e)
 			e->stats.failed++;
 		}
 	}
+	/*
+	 * The copy pool's buffers held by those relays were left, not freed
+	 * (relay.c, unhold): a fork in the middle of the thread's update of the
+	 * pool may have listed one twice. The free list is left for the same
+	 * reason; the read buffer stays in use.
+	 */
+	e->buf.held_bytes = 0;
+	e->buf.free_list = NULL;
+	e->buf.free_bytes = 0;
 	e->thread_started = 0;
 	e->stopping = 0;
 	e->limited = 0;

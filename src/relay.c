@@ -62,6 +62,7 @@ relay_buffer_trim(struct relay_buffer *b)
 		free(b->free_list);
 		b->free_list = next;
 	}
+	b->free_bytes = 0;
 }
 
 void
@@ -84,6 +85,7 @@ can_hold(struct relay_buffer *b)
 	}
 	if (b->free_list == NULL && (b->free_list = malloc(b->size)) != NULL) {
 		*(void **)b->free_list = NULL;
+		b->free_bytes = b->size;
 	}
 	return b->free_list != NULL;
 }
@@ -99,9 +101,15 @@ hold(struct pump *p, struct relay_buffer *b, size_t off, size_t len)
 	b->held_bytes += b->size;
 	b->data = b->free_list;
 	b->free_list = *(void **)b->data;
+	b->free_bytes -= b->size;
 }
 
-/* Gives a drained (or abandoned) held buffer back; b is NULL in a child. */
+/*
+ * Gives a drained (or abandoned) held buffer back to the pool, which keeps
+ * it while within its cap. b is NULL in a forked child (relay_release):
+ * there the buffer is left, not freed, since a fork in the middle of
+ * hold() or unhold() may have left it in the pool as well.
+ */
 static void
 unhold(struct pump *p, struct relay_buffer *b)
 {
@@ -110,13 +118,16 @@ unhold(struct pump *p, struct relay_buffer *b)
 	}
 	if (b != NULL) {
 		b->held_bytes -= p->held_size;
-		if (p->held_size == b->size) {	/* else from before a resize */
+		/* Not one of a size from before a resize, nor past a lowered cap. */
+		if (p->held_size == b->size
+		    && b->held_bytes + b->free_bytes + b->size <= b->max_held_bytes) {
 			*(void **)p->held = b->free_list;
 			b->free_list = p->held;
-			p->held = NULL;
+			b->free_bytes += b->size;
+		} else {
+			free(p->held);
 		}
 	}
-	free(p->held);
 	p->held = NULL;
 	p->held_size = p->held_off = p->held_len = 0;
 }
@@ -211,8 +222,8 @@ fail(struct relay *r, int side, int err)
  * all is out, else 0 with *err set (EAGAIN: the destination is full).
  */
 static int
-send_from(int fd, const uint8_t *bytes, size_t *off, size_t len, uint64_t *counted,
-    int *err)
+send_from(int fd, const uint8_t *bytes, size_t *off, size_t len, struct pump *p,
+    size_t *moved, int *err)
 {
 	while (*off < len) {
 		ssize_t n = send(fd, bytes + *off, len - *off, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -224,20 +235,23 @@ send_from(int fd, const uint8_t *bytes, size_t *off, size_t len, uint64_t *count
 			return 0;
 		}
 		*off += (size_t)n;
-		*counted += (uint64_t)n;
+		p->bytes += (uint64_t)n;
+		*moved += (size_t)n;
 	}
 	return 1;
 }
 
 /*
- * Sends what the pump already has, early bytes first, then what it holds.
- * Returns 1 when all of it is out.
+ * Sends what the pump already has, early bytes first, then what it holds;
+ * they count against the turn's budget in *moved, as reads do. Returns 1
+ * when all of it is out.
  */
 static int
-send_pending(struct relay *r, struct pump *p, int dst, struct relay_buffer *buf, int *err)
+send_pending(struct relay *r, struct pump *p, int dst, struct relay_buffer *buf,
+    size_t *moved, int *err)
 {
 	if (p->early) {
-		if (!send_from(r->fd[dst], p->early, &p->early_off, p->early_len, &p->bytes, err)) {
+		if (!send_from(r->fd[dst], p->early, &p->early_off, p->early_len, p, moved, err)) {
 			return 0;
 		}
 		free(p->early);
@@ -245,7 +259,7 @@ send_pending(struct relay *r, struct pump *p, int dst, struct relay_buffer *buf,
 		p->early_len = p->early_off = 0;
 	}
 	if (p->held) {
-		if (!send_from(r->fd[dst], p->held, &p->held_off, p->held_len, &p->bytes, err)) {
+		if (!send_from(r->fd[dst], p->held, &p->held_off, p->held_len, p, moved, err)) {
 			return 0;
 		}
 		unhold(p, buf);
@@ -371,12 +385,18 @@ splice_flush(struct pump *p, int dst, size_t *moved)
 static enum step
 splice_step(struct pump *p, int src, int dst, size_t want, size_t *moved, int *err)
 {
+	size_t before = *moved;
 	ssize_t n;
 
 	if (splice_flush(p, dst, moved) < 0) {
 		*err = errno;
 		return would_block(*err) ? STEP_DST_FULL : STEP_DST_FAILED;
 	}
+	/* What the pipe held counts against this turn's share too. */
+	if (*moved - before >= want) {
+		return STEP_MORE;
+	}
+	want -= *moved - before;
 	do {
 		n = splice(src, NULL, p->pipe[1], NULL, want,
 		    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -406,7 +426,7 @@ pump_run(struct relay *r, int d, struct relay_buffer *buf, size_t budget)
 	int err = 0;
 
 	p->ready = 0;
-	if ((p->early || p->held) && !send_pending(r, p, dst, buf, &err)) {
+	if ((p->early || p->held) && !send_pending(r, p, dst, buf, &moved, &err)) {
 		if (err == EAGAIN || err == EWOULDBLOCK) {
 			p->state = PUMP_WANT_WRITE;
 			return RELAY_BLOCKED;

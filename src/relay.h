@@ -54,13 +54,17 @@ struct relay {
  * was sent (MSG_TRUNC), so unsent bytes wait in the kernel, at more CPU
  * per byte. Drained buffers wait on a free list until no relay runs, so
  * that a busy thread does not fault in fresh pages for every partial send.
- * The thread's copy memory is therefore at most 2 * size + max_held_bytes,
- * and one relay holds at most 2 * size.
+ * Held and free buffers together stay within max_held_bytes: the thread's
+ * copy memory is at most size + max_held_bytes, and one relay holds at
+ * most 2 * size (so nothing is ever held when max_held_bytes < size).
+ * After a runtime change of either, buffers held before it count against
+ * the old figures until they drain, and are then freed.
  */
 struct relay_buffer {
 	uint8_t *data;	/* where the next read goes: never NULL while in use */
 	size_t size;
 	void *free_list;	/* drained buffers of `size`, linked through their first bytes */
+	size_t free_bytes;	/* in the free list */
 	size_t held_bytes;	/* in buffers that pumps hold */
 	size_t max_held_bytes;
 };
