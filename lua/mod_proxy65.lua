@@ -16,6 +16,7 @@ local options = require "cproxy.options";
 local option_table = require "cproxy.proxy65.options";
 local diagnose = require "cproxy.proxy65.diagnose";
 local bytestreams = require "cproxy.proxy65.bytestreams";
+local cluster = require "cproxy.proxy65.cluster";
 local streamhost = require "cproxy.proxy65.streamhost";
 local acl = require "cproxy.proxy65.acl";
 local shell = require "cproxy.shell";
@@ -116,6 +117,8 @@ end);
 -- and each component's way to check again.
 local reports = module:shared("streamhost-reports");
 local checkers = {};
+-- Each front's cproxy/proxy65/cluster.lua object, by its JID.
+local fronts = {};
 
 -- `prosodyctl shell "proxy65:status()"`, and on Prosody 13 also
 -- `prosodyctl shell proxy65 status`.
@@ -170,6 +173,27 @@ local remove_close_command = shell.add(module, {
 	end;
 });
 
+local remove_nodes_command = shell.add(module, {
+	section = "proxy65";
+	name = "nodes";
+	desc = "Show each front's nodes: in the list or why not, and their last load report";
+	handler = function (self)
+		local print = self.session.print;
+		local count, up = 0, 0;
+		for host, front in pairs(fronts) do
+			for _, node in ipairs(front:status()) do
+				count = count + 1;
+				up = up + (node.up and 1 or 0);
+				print(("%s: node %s: %s; %d streamhosts, %d active, %d pending, %d connections (cap %d), %.1f MiB/s"):format(
+					host, node.jid, node.up and "in the list" or ("out: " .. tostring(node.reason or "no answer yet")),
+					node.streamhosts, node.active, node.pending, node.connections, node.max_connections,
+					node.rate / 1048576));
+			end
+		end
+		return true, ("%d of %d nodes in the list"):format(up, count);
+	end;
+});
+
 local remove_check_command = shell.add(module, {
 	section = "proxy65";
 	name = "check";
@@ -202,6 +226,7 @@ local remove_check_command = shell.add(module, {
 
 function module.unload()
 	remove_check_command();
+	remove_nodes_command();
 	remove_shell_command();
 	remove_list_command();
 	remove_close_command();
@@ -274,6 +299,7 @@ function module.add_host(module)
 				.. " or [IPv6]:port; it is not advertised", tostring(entry));
 		end
 	end
+	local cluster_settings = option_table.cluster_from_prosody(module, options);
 	local proxy_acl = module:get_option_array("proxy65_acl");
 	local proxy_open_access = module:get_option_boolean("proxy65_open_access", false);
 
@@ -304,9 +330,39 @@ function module.add_host(module)
 		check_streamhosts();
 	end);
 
+	-- Several nodes as one service (cproxy/proxy65/cluster.lua): this
+	-- component may be a front, listing its nodes, or a node, answering its
+	-- fronts, and then not shown as a proxy to clients.
+	local front;
+	if #cluster_settings.nodes > 0 then
+		front = cluster.front({ host = host, nodes = cluster_settings.nodes,
+			interval = cluster_settings.node_check_interval, listed = cluster_settings.streamhost_nodes,
+			st = st, send = function (stanza) module:send(stanza); end, timer = timer, now = time_now,
+			log = function (level, fmt, ...) return module:log(level, fmt, ...); end });
+		fronts[host] = front;
+		module:add_timer(0, function ()
+			front:start();
+		end);
+		-- The nodes' answers, before mod_iq looks for a handler of their id.
+		module:hook("iq/host", function (event)
+			local kind = event.stanza.attr.type;
+			if (kind == "result" or kind == "error") and front:on_reply(event.stanza) then
+				return true;
+			end
+		end, 10);
+	end
+	module:hook("module-unloaded", function (event)
+		if event.module == "proxy65" and event.host == host and front then
+			front:stop();
+			fronts[host] = nil;
+		end
+	end);
+
 	module:depends("disco");
-	module:add_identity("proxy", "bytestreams", name);
-	module:add_feature(xmlns_bytestreams);
+	if front or #cluster_settings.fronts == 0 then
+		module:add_identity("proxy", "bytestreams", name);
+		module:add_feature(xmlns_bytestreams);
+	end
 
 	-- As the built-in: a non-empty ACL alone decides; otherwise local users
 	-- (c2s) are allowed, and remote ones only with open access.
@@ -324,6 +380,9 @@ function module.add_host(module)
 		log = function (level, fmt, ...) return module:log(level, fmt, ...); end,
 		refused = function (condition) refused_metric:with_labels(condition):add(1); end,
 		report = function () return reports[host]; end,
+		-- As a node: whom it answers, and what its load report holds.
+		fronts = cluster_settings.fronts, max_connections = service_options.max_connections,
+		rate = cluster.rate_meter(time_now),
 	};
 	-- The requester's address where this server has its session: for the
 	-- streamhosts' order, and to tell its connection from its peer's.
@@ -335,13 +394,29 @@ function module.add_host(module)
 
 	module:hook("iq-get/host/" .. xmlns_bytestreams .. ":query", function (event)
 		set_origin(event);
-		event.origin.send(bytestreams.query(ctx, event.stanza));
+		event.origin.send(front and cluster.query(front, ctx, event.stanza) or bytestreams.query(ctx, event.stanza));
 		return true;
 	end);
 
 	module:hook("iq-set/host/" .. xmlns_bytestreams .. ":query", function (event)
 		set_origin(event);
-		event.origin.send(bytestreams.activate(ctx, event.stanza));
+		if front then
+			cluster.activate_at_front(front, ctx, event.stanza, event.origin.send);
+		else
+			event.origin.send(bytestreams.activate(ctx, event.stanza));
+		end
+		return true;
+	end);
+
+	module:hook("iq-get/host/" .. cluster.xmlns .. ":load", function (event)
+		set_origin(event);
+		event.origin.send(cluster.load(ctx, event.stanza));
+		return true;
+	end);
+
+	module:hook("iq-set/host/" .. cluster.xmlns .. ":activate", function (event)
+		set_origin(event);
+		event.origin.send(cluster.activate(ctx, event.stanza));
 		return true;
 	end);
 end

@@ -30,11 +30,19 @@ describe("README.markdown", function ()
 			assert.truthy(row, "no row for proxy65_" .. entry.name);
 			assert.equal(shown(entry.default), row:match("^%S+"), "proxy65_" .. entry.name);
 		end
+		for _, entry in ipairs(option_table.cluster_entries) do
+			local row = rows[entry.name];
+			assert.truthy(row, "no row for proxy65_" .. entry.name);
+			assert.equal(entry.default_text or shown(entry.default), row, "proxy65_" .. entry.name);
+		end
 	end);
 
 	it("documents no option of ours that the code does not have", function ()
 		local known = {};
 		for _, entry in ipairs(option_table.entries) do
+			known[entry.name] = true;
+		end
+		for _, entry in ipairs(option_table.cluster_entries) do
 			known[entry.name] = true;
 		end
 		-- The built-in's options, in the README's first table.

@@ -148,16 +148,26 @@ local function yaml_config(self, opts)
 		"    ip: \"127.0.0.1\"";
 		"    module: ejabberd_c2s";
 	};
-	if opts.components then
+	-- ejabberd_service gives a connection the routes of every host of its
+	-- listener, whichever it authenticated as: components that must be
+	-- told apart need a listener each (opts.listener_per_component).
+	local function listener(port, hosts)
 		table.insert(lines, "  -");
-		table.insert(lines, ("    port: %d"):format(self.ports.component));
+		table.insert(lines, ("    port: %d"):format(port));
 		table.insert(lines, "    ip: \"127.0.0.1\"");
 		table.insert(lines, "    module: ejabberd_service");
 		table.insert(lines, "    hosts:");
-		for host, secret in pairs(opts.components) do
+		for host, secret in pairs(hosts) do
 			table.insert(lines, ("      %q:"):format(host));
 			table.insert(lines, ("        password: %q"):format(secret));
 		end
+	end
+	if opts.components and opts.listener_per_component then
+		for host, secret in pairs(opts.components) do
+			listener(self.ports["component:" .. host], { [host] = secret });
+		end
+	elseif opts.components then
+		listener(self.ports.component, opts.components);
 	end
 	table.insert(lines, "modules:");
 	table.insert(lines, "  mod_disco: {}");
@@ -180,7 +190,8 @@ local function yaml_config(self, opts)
 end
 
 -- opts: components ({ [host] = secret }, for the ejabberd_service
--- listener), proxy65 (true or { host, buffer }: enables mod_proxy65),
+-- listener), listener_per_component (a listener for each component, on
+-- ports["component:" .. host], rather than one for all), proxy65 (true or { host, buffer }: enables mod_proxy65),
 -- roster (enables mod_roster: presence subscriptions),
 -- accounts ({ { user, host, password }, ... }), log_level ("info"),
 -- wait_ports (default: c2s, and the component and proxy65 ports when
@@ -197,6 +208,14 @@ function M.start(opts)
 	local self = setmetatable({ dir = dir, ctl_path = ctl, ports = {} }, handle_mt);
 	for _, name in ipairs({ "c2s", "component", "proxy65", "dist" }) do
 		self.ports[name] = prosody.free_port();
+	end
+	local component_ports = { "component" };
+	if opts.components and opts.listener_per_component then
+		component_ports = {};
+		for host in pairs(opts.components) do
+			self.ports["component:" .. host] = prosody.free_port();
+			table.insert(component_ports, "component:" .. host);
+		end
 	end
 	local tag = ("%d%06d"):format(os.time() % 100000, math.random(1e6) - 1);
 	local cookie = ("cproxy%d%d"):format(math.random(1e9), math.random(1e9));
@@ -224,7 +243,12 @@ function M.start(opts)
 		dir, ctl, self.ctl_args, dir .. "/console.log"));
 	self.launcher = tonumber(pid:match("%d+"));
 
-	local wait_ports = opts.wait_ports or { "c2s", opts.components and "component" or nil };
+	local wait_ports = opts.wait_ports or { "c2s" };
+	if not opts.wait_ports and opts.components then
+		for _, name in ipairs(component_ports) do
+			table.insert(wait_ports, name);
+		end
+	end
 	if not opts.wait_ports and opts.proxy65 then
 		table.insert(wait_ports, "proxy65");
 	end

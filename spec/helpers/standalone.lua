@@ -7,7 +7,8 @@ local M = {};
 
 -- Starts bin/proxy65 (or, with opts.program = "client_proxy",
 -- bin/client_proxy) in the background; opts: rport, secret, jid
--- ("proxy.localhost"), socks_port (proxy65's), target (client_proxy's),
+-- ("proxy.localhost"), socks_port and socks_host (proxy65's, on
+-- 127.0.0.1 by default), target (client_proxy's),
 -- args (more arguments). Returns a handle with pid, the SOCKS5 port,
 -- log(), wait_log(), alive(), wait_exit() and stop().
 function M.start(opts)
@@ -24,7 +25,7 @@ function M.start(opts)
 	};
 	if program == "proxy65" then
 		table.insert(args, "--proxyips");
-		table.insert(args, "127.0.0.1:" .. port);
+		table.insert(args, (opts.socks_host or "127.0.0.1") .. ":" .. port);
 	else
 		table.insert(args, "--target");
 		table.insert(args, opts.target);

@@ -14,6 +14,7 @@ M.xmlns = "http://jabber.org/protocol/bytestreams";
 
 -- ctx: st (util.stanza or cproxy/standalone/stanza.lua), host (the component's
 -- JID), permitted (function(stanza) -> boolean), log (module:log-like).
+-- Returns the refusal to send, or nil when the requester may use the proxy.
 local function denied(ctx, stanza)
 	if ctx.permitted(stanza) then
 		return nil;
@@ -21,6 +22,7 @@ local function denied(ctx, stanza)
 	ctx.log("warn", "Denying use of proxy for %s", stanza.attr.from);
 	return ctx.st.error_reply(stanza, "auth", "forbidden");
 end
+M.denied = denied;
 
 -- "4" or "6" for an IP address, nil for a name.
 local function family(address)
@@ -30,6 +32,7 @@ local function family(address)
 		return "6";
 	end
 end
+M.family = family;
 
 -- The streamhosts in the order this requester should try them. Most
 -- clients (Conversations, Dino, Gajim, iris) try only the first, so it
@@ -104,9 +107,38 @@ local refusals = {
 	["resource-constraint"] = { "wait", "resource-constraint" };
 };
 
--- An <iq type='set'> activation. ctx also has service (cproxy/proxy65/service.lua),
+-- An activation of the bytestream `sid` by `from` towards `to` (as
+-- written). Returns nil once active, else { type, condition, text } of
+-- the error to send. ctx also has service (cproxy/proxy65/service.lua),
 -- sha1 (function(s) -> hex), jid_prep and jid_bare, and refused
--- (function(condition), for metrics).
+-- (function(condition), for metrics). The cluster's nodes
+-- (cproxy/proxy65/cluster.lua) take activations forwarded by a front here.
+function M.activation(ctx, sid, from, to, origin_ip)
+	local prepped_to = ctx.jid_prep(to);
+	if not prepped_to then
+		return { "modify", "jid-malformed" };
+	end
+	local hash = ctx.sha1(sid .. from .. prepped_to);
+	local ok, condition, text = ctx.service:activate(hash, {
+		sid = sid, initiator = from, user = ctx.jid_bare(from), target = prepped_to,
+		initiator_ip = origin_ip,
+	});
+	if ok then
+		ctx.log("debug", "Activated %s (sid %q, initiator %s, target %s)", hash, sid, from, prepped_to);
+		return nil;
+	end
+	ctx.refused(condition);
+	ctx.log("debug", "Refused to activate %s (sid %q, initiator %s, target %s): %s", hash, sid, from,
+		prepped_to, text or condition);
+	local error_type = refusals[condition];
+	if not error_type then
+		ctx.log("error", "Activation of %s failed: %s", hash, text or condition);
+		return { "wait", "internal-server-error" };
+	end
+	return { error_type[1], error_type[2], condition ~= "item-not-found" and text or nil };
+end
+
+-- An <iq type='set'> activation (ctx as for M.activation).
 function M.activate(ctx, stanza)
 	local refusal = denied(ctx, stanza);
 	if refusal then
@@ -119,28 +151,11 @@ function M.activate(ctx, stanza)
 	if not sid or sid == "" or not to then
 		return st.error_reply(stanza, "modify", "bad-request", "A sid and an activate element are required");
 	end
-	local prepped_to = ctx.jid_prep(to);
-	if not prepped_to then
-		return st.error_reply(stanza, "modify", "jid-malformed");
+	local failure = M.activation(ctx, sid, from, to, ctx.origin_ip);
+	if failure then
+		return st.error_reply(stanza, failure[1], failure[2], failure[3]);
 	end
-	local hash = ctx.sha1(sid .. from .. prepped_to);
-	local ok, condition, text = ctx.service:activate(hash, {
-		sid = sid, initiator = from, user = ctx.jid_bare(from), target = prepped_to,
-		initiator_ip = ctx.origin_ip,
-	});
-	if ok then
-		ctx.log("debug", "Activated %s (sid %q, initiator %s, target %s)", hash, sid, from, prepped_to);
-		return st.reply(stanza);
-	end
-	ctx.refused(condition);
-	ctx.log("debug", "Refused to activate %s (sid %q, initiator %s, target %s): %s", hash, sid, from,
-		prepped_to, text or condition);
-	local error_type = refusals[condition];
-	if not error_type then
-		ctx.log("error", "Activation of %s failed: %s", hash, text or condition);
-		return st.error_reply(stanza, "wait", "internal-server-error");
-	end
-	return st.error_reply(stanza, error_type[1], error_type[2], condition ~= "item-not-found" and text or nil);
+	return st.reply(stanza);
 end
 
 return M;

@@ -72,6 +72,44 @@ for _, entry in ipairs(entries) do
 end
 M.entries = entries;
 
+-- Several nodes as one service (cproxy/proxy65/cluster.lua): options of
+-- each component (host-level in Prosody's config), not of the server.
+local cluster_entries = {
+	{ name = "nodes", kind = "list", default_text = "empty",
+		meaning = "the JIDs of the nodes this component is the front of: it lists their streamhosts"
+			.. " and passes activations on; empty: it relays itself" },
+	{ name = "fronts", kind = "list", default_text = "empty",
+		meaning = "on a node: the JIDs of its fronts, the only ones it reports its load to and takes"
+			.. " activations from; a node does not show itself as a proxy in disco" },
+	{ name = "node_check_interval", kind = "number", min = 0.5, max = 60, default = 2,
+		meaning = "seconds between a front's load requests; a node that leaves one unanswered this long"
+			.. " is out of the list until it answers again" },
+	{ name = "streamhost_nodes", kind = "integer", min = 1, max = 64, default = 1,
+		meaning = "how many nodes' streamhosts a front's answer holds, best first: most clients try only"
+			.. " the first streamhost, and slixmpp only the last" },
+};
+for _, entry in ipairs(cluster_entries) do
+	entry.option = "proxy65_" .. entry.name;
+	entry.flag = entry.name:gsub("_", "-");
+end
+M.cluster_entries = cluster_entries;
+
+-- The cluster settings of one component from Prosody's config (the
+-- component module's `module`): { nodes=, fronts=, node_check_interval=,
+-- streamhost_nodes= }.
+function M.cluster_from_prosody(module, readers)
+	local settings = {};
+	for _, entry in ipairs(cluster_entries) do
+		if entry.kind == "list" then
+			settings[entry.name] = module:get_option_array(entry.option, {});
+		else
+			settings[entry.name] = readers.number(module, entry.option, entry.default, entry.min, entry.max,
+				entry.kind == "integer");
+		end
+	end
+	return settings;
+end
+
 -- The options' names in Prosody's config, for its warnings about global
 -- options written under a host.
 function M.names()

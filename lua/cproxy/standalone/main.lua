@@ -10,6 +10,7 @@ local st = require "cproxy.standalone.stanza";
 local proxy65 = require "cproxy.proxy65.service";
 local option_table = require "cproxy.proxy65.options";
 local bytestreams = require "cproxy.proxy65.bytestreams";
+local cluster = require "cproxy.proxy65.cluster";
 local streamhost = require "cproxy.proxy65.streamhost";
 local acl = require "cproxy.proxy65.acl";
 local component = require "cproxy.standalone.component";
@@ -19,7 +20,7 @@ local loop_lib = require "cproxy.standalone.loop";
 
 local socket = require "socket";
 
-local ipairs, tostring = ipairs, tostring;
+local ipairs, tostring, type = ipairs, tostring, type;
 local format = string.format;
 
 local M = {};
@@ -31,15 +32,23 @@ M.version = "prosody-cproxy proxy65 " .. core.version;
 -- come from the table the Prosody module reads too (inserted below).
 local OPTIONS = {
 	{ "jid", "string", nil, "the component's JID (required)" },
-	{ "proxyips", "string", nil, "IP:port,... to listen on and advertise (port 7777 if omitted); default 0.0.0.0:7777, advertised as the JID" },
+	{ "proxyips", "string", nil, "IP:port,... to listen on and advertise (port 7777 if omitted); default 0.0.0.0:7777, advertised as the JID, or none on a front (--nodes)" },
 	{ "advertise", "string", nil, "host[:port],... advertised instead of --proxyips (behind NAT)" },
 	{ "acl", "string", nil, "JIDs or domains allowed to use the proxy, comma-separated; default: anyone" },
 	{ "name", "string", "SOCKS5 Bytestreams Service", "the disco identity's name" },
 };
 
+-- The service's options, as the module's, then the cluster's.
+local entries = {};
+for _, list in ipairs({ option_table.entries, option_table.cluster_entries }) do
+	for _, entry in ipairs(list) do
+		entries[#entries + 1] = entry;
+	end
+end
+
 local command_line = cli.new({
 	program = "proxy65", version = M.version, secret_env = "PROXY65_SECRET", options = OPTIONS,
-	entries = option_table.entries, -- the service's options, as the module's
+	entries = entries,
 	synopsis = { "Usage: proxy65 --jid JID --rhost HOST --rport PORT --proxyips IP:PORT[,...] [options]",
 		"An XEP-0065 SOCKS5 bytestreams proxy, as an XEP-0114 external component." },
 });
@@ -54,9 +63,15 @@ function M.main(args, env)
 		return jid; -- the exit status
 	end
 	local log = cli.logger(opts["log-level"]);
+	local function list(value)
+		return type(value) == "table" and value or cli.split_list(value);
+	end
+	local nodes, fronts = list(opts.nodes), list(opts.fronts);
 
 	local listens = {};
-	for _, entry in ipairs(cli.split_list(opts.proxyips or "0.0.0.0:7777")) do
+	-- A front relays nothing itself unless told where to listen.
+	local proxyips = opts.proxyips or (#nodes == 0 and "0.0.0.0:7777" or nil);
+	for _, entry in ipairs(cli.split_list(proxyips)) do
 		local host, port = streamhost.parse(entry);
 		port = host and (port or 7777);
 		if not host then
@@ -106,7 +121,7 @@ function M.main(args, env)
 	local conn;
 	local ctx = {
 		st = st, host = jid, streamhosts = streamhosts, service = service, log = log,
-		port = function () return listens[1].port; end,
+		port = function () return listens[1] and listens[1].port; end,
 		sha1 = core.sha1, jid_prep = jids.prep, jid_bare = jids.bare,
 		refused = function () end,
 		-- No --acl: whoever the server lets reach the component.
@@ -115,11 +130,29 @@ function M.main(args, env)
 		end,
 	};
 
+	-- A node answers its fronts' load requests and forwarded activations.
+	ctx.fronts, ctx.max_connections = fronts, settings.max_connections;
+	ctx.rate = cluster.rate_meter(socket.gettime);
+	local front;
+	if #nodes > 0 then
+		front = cluster.front({ host = jid, nodes = nodes, interval = opts["node-check-interval"],
+			listed = opts["streamhost-nodes"], st = st, timer = loop.timer, now = socket.gettime, log = log,
+			send = function (stanza)
+				if conn then
+					conn:send(stanza);
+				end
+			end });
+	end
+	-- A node is reached through its front: clients should not find it.
+	local hidden = #fronts > 0 and not front;
+
 	local function disco_info(stanza)
-		local reply = st.reply(stanza):tag("query", { xmlns = "http://jabber.org/protocol/disco#info" })
-			:tag("identity", { category = "proxy", type = "bytestreams", name = opts.name }):up();
+		local reply = st.reply(stanza):tag("query", { xmlns = "http://jabber.org/protocol/disco#info" });
+		if not hidden then
+			reply:tag("identity", { category = "proxy", type = "bytestreams", name = opts.name }):up();
+		end
 		for _, feature in ipairs({ "http://jabber.org/protocol/disco#info",
-			"http://jabber.org/protocol/disco#items", bytestreams.xmlns }) do
+			"http://jabber.org/protocol/disco#items", not hidden and bytestreams.xmlns or nil }) do
 			reply:tag("feature", { var = feature }):up();
 		end
 		return reply;
@@ -137,12 +170,24 @@ function M.main(args, env)
 				reply = disco_info(stanza);
 			elseif kind == "get" and xmlns == "http://jabber.org/protocol/disco#items" and query.name == "query" then
 				reply = st.reply(stanza):tag("query", { xmlns = xmlns }):up();
+			elseif xmlns == bytestreams.xmlns and query.name == "query" and front then
+				if kind == "get" then
+					reply = cluster.query(front, ctx, stanza);
+				else
+					return cluster.activate_at_front(front, ctx, stanza, function (answer) conn:send(answer); end);
+				end
 			elseif xmlns == bytestreams.xmlns and query.name == "query" then
 				reply = kind == "get" and bytestreams.query(ctx, stanza) or bytestreams.activate(ctx, stanza);
+			elseif xmlns == cluster.xmlns and kind == "get" and query.name == "load" then
+				reply = cluster.load(ctx, stanza);
+			elseif xmlns == cluster.xmlns and kind == "set" and query.name == "activate" then
+				reply = cluster.activate(ctx, stanza);
 			else
 				reply = st.error_reply(stanza, "cancel", "service-unavailable");
 			end
 			conn:send(reply);
+		elseif stanza.name == "iq" and front and front:on_reply(stanza) then
+			return; -- a node's answer
 		elseif stanza.name == "message" and kind ~= "error" then
 			conn:send(st.error_reply(stanza, "cancel", "service-unavailable"));
 		elseif stanza.name == "presence" and kind == "probe" then
@@ -156,7 +201,11 @@ function M.main(args, env)
 		server = loop.server, timer = loop.timer, log = log, retry = opts.retry,
 		on_stanza = on_stanza,
 		on_created = function (c) conn = c; end,
+		on_online = front and function () front:start(); end,
 	});
+	if front then
+		front:stop();
+	end
 	service:close();
 	return status;
 end
