@@ -326,18 +326,26 @@ function module.add_host(module)
 			checkers[host] = nil;
 		end
 	end);
-	module:add_timer(0, function ()
-		check_streamhosts();
-	end);
+	if #cluster_settings.nodes == 0 then -- a front advertises no streamhost of its own
+		module:add_timer(0, function ()
+			check_streamhosts();
+		end);
+	end
 
 	-- Several nodes as one service (cproxy/proxy65/cluster.lua): this
 	-- component may be a front, listing its nodes, or a node, answering its
 	-- fronts, and then not shown as a proxy to clients.
 	local front;
 	if #cluster_settings.nodes > 0 then
+		-- The host module's timers: they end with it, on unload and on
+		-- reload, which then makes a new front.
+		local host_timer = {
+			add_task = function (delay, f) return module:add_timer(delay, function () return f(); end); end,
+			stop = function (t) t:stop(); end,
+		};
 		front = cluster.front({ host = host, nodes = cluster_settings.nodes,
 			interval = cluster_settings.node_check_interval, listed = cluster_settings.streamhost_nodes,
-			st = st, send = function (stanza) module:send(stanza); end, timer = timer, now = time_now,
+			st = st, send = function (stanza) module:send(stanza); end, timer = host_timer, now = time_now,
 			log = function (level, fmt, ...) return module:log(level, fmt, ...); end });
 		fronts[host] = front;
 		module:add_timer(0, function ()
@@ -351,17 +359,15 @@ function module.add_host(module)
 			end
 		end, 10);
 	end
-	module:hook("module-unloaded", function (event)
-		if event.module == "proxy65" and event.host == host and front then
-			front:stop();
-			fronts[host] = nil;
-		end
-	end);
 
 	module:depends("disco");
 	if front or #cluster_settings.fronts == 0 then
 		module:add_identity("proxy", "bytestreams", name);
 		module:add_feature(xmlns_bytestreams);
+	else
+		-- A node: not a proxy for clients to find, but disco#info needs an
+		-- identity.
+		module:add_identity("component", "generic", name);
 	end
 
 	-- As the built-in: a non-empty ACL alone decides; otherwise local users
@@ -401,7 +407,9 @@ function module.add_host(module)
 	module:hook("iq-set/host/" .. xmlns_bytestreams .. ":query", function (event)
 		set_origin(event);
 		if front then
-			cluster.activate_at_front(front, ctx, event.stanza, event.origin.send);
+			-- Answered once the nodes have, through the router: the
+			-- requester's session may be gone by then.
+			cluster.activate_at_front(front, ctx, event.stanza, function (reply) module:send(reply); end);
 		else
 			event.origin.send(bytestreams.activate(ctx, event.stanza));
 		end

@@ -10,29 +10,43 @@ local st = require "cproxy.standalone.stanza";
 
 local XMLNS = cluster.xmlns;
 
--- util.timer's API with a clock the spec moves.
+-- util.timer's API with a clock the spec moves: due tasks run in the
+-- order of their times, then of their scheduling, as util.timer's do.
 local function new_clock()
-	local clock = { now = 0, tasks = {} };
-	function clock.add_task(delay, f)
-		local task = { at = clock.now + delay, f = f };
+	local clock, seq = { now = 0, tasks = {} }, 0;
+	local function schedule(task, at)
+		seq = seq + 1;
+		task.at, task.seq = at, seq;
 		clock.tasks[task] = true;
+	end
+	function clock.add_task(delay, f)
+		local task = { f = f };
+		schedule(task, clock.now + delay);
 		return task;
 	end
 	function clock.stop(task)
 		clock.tasks[task] = nil;
 	end
 	function clock.advance(seconds)
-		clock.now = clock.now + seconds;
-		for task in pairs(clock.tasks) do
-			if task.at <= clock.now then
-				clock.tasks[task] = nil;
-				local again = task.f();
-				if again then
-					task.at = clock.now + again;
-					clock.tasks[task] = true;
+		local target = clock.now + seconds;
+		while true do
+			local due;
+			for task in pairs(clock.tasks) do
+				if task.at <= target and (not due or task.at < due.at or (task.at == due.at and task.seq < due.seq)) then
+					due = task;
 				end
 			end
+			if not due then
+				break;
+			end
+			clock.tasks[due] = nil;
+			clock.now = due.at;
+			local again = due.f();
+			if again then
+				schedule(due, clock.now + again);
+			end
 		end
+		clock.now = target;
 	end
 	return clock;
 end
@@ -146,13 +160,53 @@ describe("cproxy.proxy65.cluster's front", function ()
 		answer(front, sent, answers);
 		clock.advance(2); -- B's request times out; a new round
 		assert.same({ A, A, A }, first_jids(front, nil, 3));
-		assert.truthy(logs[#logs]:find("b.example is out of the list: no answer within 2 s", 1, true), logs[#logs]);
+		assert.truthy(logs[#logs]:find("b.example is out of the list: no answer within 1.8 s", 1, true), logs[#logs]);
 		answers[A] = "remote-server-timeout"; -- its server bounces
 		answers[B] = { { active = 0 }, { { "192.0.2.2", 7777 } } };
 		answer(front, sent, answers);
 		assert.same({ B, B }, first_jids(front, nil, 2));
 		front:stop();
 		assert.is_nil(next(clock.tasks));
+	end);
+
+	it("takes an answer only from the node it asked, and a report's numbers only if sane", function ()
+		local front, _, sent = new_front({ A, B });
+		front:start();
+		local forged = load_reply(sent[1], {}, { { "198.51.100.66", 1080 } });
+		forged.attr.from = "mallory@example/x"; -- an id guessed by someone else
+		assert.is_true(front:on_reply(forged));
+		assert.is_nil(front:streamhosts(nil));
+		-- B's report: a port out of range and counts that are not counts.
+		local reply = load_reply(sent[2], { active = "-5", pending = "1e999" },
+			{ { "192.0.2.2", 70000 }, { "192.0.2.2", 7.5 }, { "192.0.2.2", 5000 } });
+		assert.is_true(front:on_reply(reply));
+		local list = front:streamhosts(nil);
+		assert.same({ B, 5000 }, { list[1].jid, list[1].port });
+		assert.equal(1, #list);
+		front:stop();
+	end);
+
+	it("puts last a node whose streamhosts its own check found unreachable", function ()
+		local front, _, sent = new_front({ A, B });
+		front:start();
+		for i = #sent, 1, -1 do
+			local request = table.remove(sent, i);
+			local reply = load_reply(request, {}, { { "192.0.2." .. i, 7777 } });
+			if request.attr.to == A then
+				reply.tags[1].tags[1].attr.reachable = "false";
+			end
+			front:on_reply(reply);
+		end
+		assert.same({ B, B, B }, first_jids(front, nil, 3));
+		front:stop();
+	end);
+
+	it("refuses an activation still waiting when it stops", function ()
+		local front = new_front({ A });
+		local result;
+		front:activate("alice@example/r", "sid5", "bob@example/r", nil, function (...) result = { ... }; end);
+		front:stop();
+		assert.same({ false, "modify", "item-not-found" }, result);
 	end);
 
 	it("takes a late answer to a request that timed out as nothing", function ()

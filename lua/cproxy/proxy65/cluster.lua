@@ -59,7 +59,7 @@ end
 local function from_front(ctx, stanza)
 	local from = ctx.jid_bare(stanza.attr.from or "");
 	for _, front in ipairs(ctx.fronts or {}) do
-		if front == from then
+		if ctx.jid_prep(front) == from then
 			return true;
 		end
 	end
@@ -153,10 +153,11 @@ end
 -- callback(nil, "timeout") after `timeout` seconds.
 function front_mt:request(kind, to, name, attrs, timeout, callback)
 	self.next_id = self.next_id + 1;
-	local id = format("%s%d-%d", M.id_prefix, self.next_id, math.random(0, 0x7fffffff));
+	local id = format("%s%d-%08x%08x", M.id_prefix, self.next_id, math.random(0, 0xffffffff),
+		math.random(0, 0xffffffff));
 	attrs.xmlns = M.xmlns;
 	local iq = self.st.iq({ type = kind, to = to, from = self.opts.host, id = id }):tag(name, attrs):up();
-	local entry = { callback = callback };
+	local entry = { callback = callback, to = to };
 	entry.timer = self.opts.timer.add_task(timeout, function ()
 		if self.pending[id] == entry then
 			self.pending[id] = nil;
@@ -168,10 +169,15 @@ function front_mt:request(kind, to, name, attrs, timeout, callback)
 end
 
 -- A result or error sent to the service JID: true if it answers one of
--- the front's requests (and is then handled).
+-- the front's requests (and is then handled). As Prosody's own send_iq,
+-- it takes an answer only from the JID asked: anyone may guess an id.
 function front_mt:on_reply(stanza)
 	local id = stanza.attr.id;
 	local entry = id and self.pending[id];
+	if entry and stanza.attr.from ~= entry.to then
+		self.log("warn", "Ignoring an answer to a request to %s from %s", entry.to, tostring(stanza.attr.from));
+		return true;
+	end
 	if not entry then
 		if id and id:sub(1, #M.id_prefix) == M.id_prefix then
 			self.log("debug", "A reply from %s came after its request timed out", tostring(stanza.attr.from));
@@ -185,8 +191,13 @@ function front_mt:on_reply(stanza)
 	return true;
 end
 
+-- A count from a report: a whole number from 0 up, else 0.
 local function number(attr, name)
-	return tonumber(attr[name]) or 0;
+	local n = tonumber(attr[name]);
+	if not n or n ~= n or n < 0 or n >= 2^53 then
+		return 0;
+	end
+	return floor(n);
 end
 
 function front_mt:node_answered(node, reply)
@@ -198,7 +209,7 @@ function front_mt:node_answered(node, reply)
 	local streamhosts = {};
 	for streamhost in load:childtags("streamhost") do
 		local port = tonumber(streamhost.attr.port);
-		if streamhost.attr.host and port then
+		if streamhost.attr.host and port and port >= 1 and port <= 65535 and port == floor(port) then
 			streamhosts[#streamhosts + 1] = { jid = streamhost.attr.jid or node.jid, host = streamhost.attr.host,
 				port = port, reachable = streamhost.attr.reachable ~= "false" };
 		end
@@ -225,20 +236,23 @@ function front_mt:node_failed(node, reason)
 	node.up, node.seen = false, true;
 end
 
--- One round of load requests. A node still silent since the last one is
--- failed by that request's timeout, which is the interval.
+-- One round of load requests. Each times out a little before the next
+-- round, so that a silent node is out of the list by then and the round
+-- asks it again.
 function front_mt:poll()
 	local interval = self.opts.interval;
 	for _, node in ipairs(self.nodes) do
 		if not node.polling then
 			node.polling = true;
-			self:request("get", node.jid, "load", {}, interval,
+			self:request("get", node.jid, "load", {}, 0.9 * interval,
 				function (reply)
 					node.polling = false;
-					if reply then
+					if not self.running then
+						return;
+					elseif reply then
 						self:node_answered(node, reply);
 					else
-						self:node_failed(node, "no answer within " .. interval .. " s");
+						self:node_failed(node, format("no answer within %g s", 0.9 * interval));
 					end
 				end);
 		end
@@ -260,7 +274,8 @@ function front_mt:start()
 	end);
 end
 
--- Stops polling and drops what waits for an answer.
+-- Stops polling; what waits for an answer gets none (an activation is
+-- then refused).
 function front_mt:stop()
 	self.running = false;
 	if self.poll_timer then
@@ -270,6 +285,7 @@ function front_mt:stop()
 	for id, entry in pairs(self.pending) do
 		self.opts.timer.stop(entry.timer);
 		self.pending[id] = nil;
+		entry.callback(nil, "stopped");
 	end
 end
 
@@ -294,7 +310,8 @@ end
 
 -- The nodes in the order this requester should get them: those that
 -- answered the last request and offer a streamhost, of the requester's
--- address family first, then below their connection cap, then by load
+-- address family first, then with a streamhost their own check found
+-- reachable, then below their connection cap, then by load
 -- (active and pending relays, and what this front sent their way since
 -- their last report), then by rate; equals take turns.
 function front_mt:ranked(requester_ip)
@@ -304,7 +321,14 @@ function front_mt:ranked(requester_ip)
 	for i, node in ipairs(self.nodes) do
 		if node.up and #node.streamhosts > 0 then
 			local full = node.max_connections > 0 and node.connections + 2 * node.assigned >= node.max_connections;
+			local unusable = 1;
+			for _, streamhost in ipairs(node.streamhosts) do
+				if streamhost.reachable then
+					unusable = 0;
+				end
+			end
 			candidates[#candidates + 1] = { node = node, fit = fit(node, requester_ip), full = full and 1 or 0,
+				unusable = unusable,
 				load = node.active + node.pending + node.assigned, rate = node.rate,
 				turn = (i - self.turn) % n };
 		end
@@ -312,6 +336,8 @@ function front_mt:ranked(requester_ip)
 	sort(candidates, function (a, b)
 		if a.fit ~= b.fit then
 			return a.fit < b.fit;
+		elseif a.unusable ~= b.unusable then
+			return a.unusable < b.unusable;
 		elseif a.full ~= b.full then
 			return a.full < b.full;
 		elseif a.load ~= b.load then
@@ -351,9 +377,12 @@ function front_mt:streamhosts(requester_ip)
 	return list;
 end
 
--- Which of the nodes' refusals the requester gets: the most telling.
+-- Which of the nodes' refusals the requester gets: the most telling. A
+-- node's server answering for it (it is down) tells the least: the pair
+-- is most likely on another node, which said item-not-found.
 local preference = { ["not-allowed"] = 1, ["forbidden"] = 2, ["resource-constraint"] = 3, ["bad-request"] = 4,
-	["jid-malformed"] = 5, ["item-not-found"] = 7 };
+	["jid-malformed"] = 5, ["item-not-found"] = 7, ["remote-server-timeout"] = 8, ["remote-server-not-found"] = 8,
+	["service-unavailable"] = 8 };
 
 -- Passes an activation to every node; done(true) once one activated it,
 -- else done(false, type, condition, text).
@@ -382,7 +411,10 @@ function front_mt:activate(requester, sid, target, requester_ip, done)
 				sort(refusals, function (a, b)
 					return (preference[a[2]] or 6) < (preference[b[2]] or 6);
 				end);
-				local refusal = refusals[1] or { "modify", "item-not-found" };
+				local refusal = refusals[1];
+				if not refusal or (preference[refusal[2]] or 6) > 7 then
+					refusal = { "modify", "item-not-found" };
+				end
 				return done(false, refusal[1], refusal[2], refusal[3]);
 			end
 		end);

@@ -49,8 +49,8 @@ local entries = {
 	{ name = "buffer_size", engine = "buffer_size", kind = "integer",
 		meaning = "the relay thread's copy buffer, shared by all bytestreams" },
 	{ name = "relay_memory", engine = "relay_memory", kind = "integer",
-		meaning = "bytes the relay thread may hold of data read and not yet sent, besides two copy buffers;"
-			.. " past it, transfers leave such bytes in the kernel, at about a third more CPU; 0: never" },
+		meaning = "bytes of buffers the relay thread may hold for data read and not yet sent, besides its copy"
+			.. " buffer; past it, transfers leave such bytes in the kernel, at more CPU per byte; 0: never" },
 	{ name = "socket_buffer", engine = "sockbuf", kind = "integer",
 		meaning = "SO_SNDBUF/SO_RCVBUF for relayed sockets; 0 leaves them to the kernel" },
 	{ name = "relay_nice", engine = "nice", kind = "integer", default = 10,

@@ -148,9 +148,9 @@ function M.main(args, env)
 
 	local function disco_info(stanza)
 		local reply = st.reply(stanza):tag("query", { xmlns = "http://jabber.org/protocol/disco#info" });
-		if not hidden then
-			reply:tag("identity", { category = "proxy", type = "bytestreams", name = opts.name }):up();
-		end
+		-- A node is not a proxy for clients to find, but needs an identity.
+		reply:tag("identity", { category = hidden and "component" or "proxy",
+			type = hidden and "generic" or "bytestreams", name = opts.name }):up();
 		for _, feature in ipairs({ "http://jabber.org/protocol/disco#info",
 			"http://jabber.org/protocol/disco#items", not hidden and bytestreams.xmlns or nil }) do
 			reply:tag("feature", { var = feature }):up();
