@@ -30,8 +30,6 @@ local ADDRESSES = { "127.0.0.2", "127.0.0.3", "127.0.0.4" };
 -- two of these after it fell silent (one to the next request, one for
 -- its answer), as the README states.
 local INTERVAL = 1;
-local DISCO_INFO = "http://jabber.org/protocol/disco#info";
-local DISCO_ITEMS = "http://jabber.org/protocol/disco#items";
 local PYTHON = os.getenv("CPROXY_PYTHON") or "/usr/bin/python3";
 local SLIXMPP = prosody.root .. "/spec/clients/slixmpp_transfer.py";
 
@@ -86,24 +84,6 @@ end
 
 local function all_nodes(seen)
 	return seen[NODES[1]] and seen[NODES[2]] and seen[NODES[3]];
-end
-
--- The server's disco items that are bytestream proxies.
-local function find_proxies(client)
-	local items = assert(client:request(xmpp.iq({ type = "get", to = "localhost" })
-		:tag("query", { xmlns = DISCO_ITEMS }), 10));
-	local proxies = {};
-	for item in items:get_child("query", DISCO_ITEMS):childtags("item") do
-		local info = assert(client:request(xmpp.iq({ type = "get", to = item.attr.jid })
-			:tag("query", { xmlns = DISCO_INFO }), 10));
-		local q = info.attr.type == "result" and info:get_child("query", DISCO_INFO);
-		local identity = q and q:get_child("identity");
-		if identity and identity.attr.category == "proxy" and identity.attr.type == "bytestreams" then
-			proxies[#proxies + 1] = item.attr.jid;
-		end
-	end
-	table.sort(proxies);
-	return proxies;
 end
 
 local sid_counter = 0;
@@ -217,7 +197,7 @@ local function cluster_specs(world)
 	end);
 
 	it("shows clients the front as the proxy, not the nodes", function ()
-		assert.same({ FRONT }, find_proxies(world().alice));
+		assert.same({ FRONT }, bs.find_proxies(world().alice));
 	end);
 
 	it("relays intact through the nodes, activated at the node (Dino, Smack) and at the front (Conversations)", function ()
@@ -330,6 +310,19 @@ local function start_node(rport, i, port)
 	return node;
 end
 
+-- Starts the three nodes into w.nodes, each on the component port
+-- port_of(its JID), and gives w a start_node(i) that restarts one.
+local function start_nodes(w, port_of)
+	w.nodes = {};
+	for i = 1, 3 do
+		w.nodes[i] = start_node(port_of(NODES[i]), i);
+	end
+	function w.start_node(i)
+		w.nodes[i].stop();
+		w.nodes[i] = start_node(port_of(NODES[i]), i, w.nodes[i].port);
+	end
+end
+
 describe("proxy65 nodes behind a front in Prosody #integration #cluster", function ()
 	local w = {};
 
@@ -342,14 +335,7 @@ describe("proxy65 nodes behind a front in Prosody #integration #cluster", functi
 		end
 		w.server, w.alice, w.bob = bs.start({ hosts = table.concat(hosts, "\n"), admin = true,
 			wait_ports = { "c2s", "component", "proxy65" } });
-		w.nodes = {};
-		for i = 1, 3 do
-			w.nodes[i] = start_node(w.server.ports.component, i);
-		end
-		function w.start_node(i)
-			w.nodes[i].stop();
-			w.nodes[i] = start_node(w.server.ports.component, i, w.nodes[i].port);
-		end
+		start_nodes(w, function () return w.server.ports.component; end);
 	end);
 
 	teardown(function ()
@@ -396,14 +382,7 @@ describe("proxy65 nodes behind a front in ejabberd #ejabberd #cluster", function
 		local function port(jid)
 			return w.server.ports["component:" .. jid];
 		end
-		w.nodes = {};
-		for i = 1, 3 do
-			w.nodes[i] = start_node(port(NODES[i]), i);
-		end
-		function w.start_node(i)
-			w.nodes[i].stop();
-			w.nodes[i] = start_node(port(NODES[i]), i, w.nodes[i].port);
-		end
+		start_nodes(w, port);
 		w.front = standalone.start({ jid = FRONT, rport = port(FRONT), secret = secret(FRONT),
 			args = { "--nodes", table.concat(NODES, ","), "--node-check-interval", tostring(INTERVAL) } });
 		assert(w.front.wait_log("Connected to 127%.0%.0%.1 as proxy%.localhost", 20), w.front.log());

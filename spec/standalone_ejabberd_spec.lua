@@ -11,8 +11,6 @@ local standalone = require "spec.helpers.standalone";
 
 local MiB = 1048576;
 local SECRET = "s3cret-" .. math.random(1e9);
-local DISCO_INFO = "http://jabber.org/protocol/disco#info";
-local DISCO_ITEMS = "http://jabber.org/protocol/disco#items";
 
 local available, why = ejabberd.available();
 if not available then
@@ -23,23 +21,7 @@ if not available then
 	return;
 end
 
--- (client) -> the JIDs of the server's items that are bytestream proxies.
-local function find_proxies(client)
-	local items = assert(client:request(xmpp.iq({ type = "get", to = "localhost" })
-		:tag("query", { xmlns = DISCO_ITEMS }), 10));
-	assert.equal("result", items.attr.type, tostring(items));
-	local proxies = {};
-	for item in items:get_child("query", DISCO_ITEMS):childtags("item") do
-		local info = assert(client:request(xmpp.iq({ type = "get", to = item.attr.jid })
-			:tag("query", { xmlns = DISCO_INFO }), 10));
-		local query = info.attr.type == "result" and info:get_child("query", DISCO_INFO);
-		local identity = query and query:get_child("identity");
-		if identity and identity.attr.category == "proxy" and identity.attr.type == "bytestreams" then
-			table.insert(proxies, item.attr.jid);
-		end
-	end
-	return proxies;
-end
+local find_proxies = bs.find_proxies;
 
 describe("standalone proxy65 with ejabberd #ejabberd", function ()
 	local server, component, alice, bob;

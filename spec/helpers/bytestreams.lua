@@ -61,6 +61,28 @@ function M.stop(server, ...)
 	end
 end
 
+-- The JIDs of the server's disco items that are bytestream proxies
+-- (identity proxy/bytestreams), sorted: what a client finds as Dino,
+-- Smack and slixmpp look.
+function M.find_proxies(client, domain)
+	local DISCO_ITEMS, DISCO_INFO = "http://jabber.org/protocol/disco#items", "http://jabber.org/protocol/disco#info";
+	local items = assert(client:request(xmpp.iq({ type = "get", to = domain or "localhost" })
+		:tag("query", { xmlns = DISCO_ITEMS }), 10));
+	assert(items.attr.type == "result", tostring(items));
+	local proxies = {};
+	for item in items:get_child("query", DISCO_ITEMS):childtags("item") do
+		local info = assert(client:request(xmpp.iq({ type = "get", to = item.attr.jid })
+			:tag("query", { xmlns = DISCO_INFO }), 10));
+		local query = info.attr.type == "result" and info:get_child("query", DISCO_INFO);
+		local identity = query and query:get_child("identity");
+		if identity and identity.attr.category == "proxy" and identity.attr.type == "bytestreams" then
+			table.insert(proxies, item.attr.jid);
+		end
+	end
+	table.sort(proxies);
+	return proxies;
+end
+
 -- The type and condition of an error reply.
 function M.error_of(reply)
 	assert(reply.attr.type == "error", tostring(reply));
