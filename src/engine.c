@@ -216,7 +216,7 @@ engine_free(struct engine *e)
 	fd_close(&e->notifyfd);
 	free(e->done);
 	relay_buffer_free(&e->buf);
-	free(e->next_buf.data);
+	relay_buffer_release(e->next_buf.data, e->next_buf.size);
 	pthread_cond_destroy(&e->list_cond);
 	pthread_mutex_destroy(&e->lock);
 	free(e);

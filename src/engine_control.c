@@ -35,6 +35,7 @@ engine_control_take(struct engine *e)
 		if (e->next_buf.data) {
 			/* Held buffers of the old size are freed as they drain. */
 			old.data = e->buf.data;
+			old.size = e->buf.size;
 			old.free_list = e->buf.free_list;
 			e->buf.data = e->next_buf.data;
 			e->buf.size = e->next_buf.size;
@@ -79,7 +80,7 @@ engine_configure(struct engine *e, const struct engine_config *cfg)
 	}
 	if (cfg->buffer_size != e->cfg.buffer_size) {
 		buf.size = cfg->buffer_size;
-		buf.data = malloc(buf.size);
+		buf.data = relay_buffer_alloc(buf.size);
 		if (buf.data == NULL) {
 			return ENOMEM;
 		}
@@ -105,7 +106,7 @@ engine_configure(struct engine *e, const struct engine_config *cfg)
 	}
 	/* The thread's own settings change between two of its turns. */
 	pthread_mutex_lock(&e->lock);
-	free(e->next_buf.data);
+	relay_buffer_release(e->next_buf.data, e->next_buf.size);
 	e->next_buf = buf;
 	e->next_idle_timeout_ms = cfg->idle_timeout_ms;
 	e->next_total_rate = cfg->total_rate_limit;

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -44,13 +45,34 @@ pump_init(struct pump *p)
 	p->pipe[0] = p->pipe[1] = -1;
 }
 
+/*
+ * Copy buffers are mapped, not malloc()ed: the relay thread's malloc arena
+ * would keep freed megabytes mapped, so a busy hour would leave the pool's
+ * high-water mark in the process's RSS for good.
+ */
+uint8_t *
+relay_buffer_alloc(size_t size)
+{
+	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+void
+relay_buffer_release(void *p, size_t size)
+{
+	if (p != NULL) {
+		(void)munmap(p, size);
+	}
+}
+
 int
 relay_buffer_init(struct relay_buffer *b, size_t size, size_t max_held_bytes)
 {
 	memset(b, 0, sizeof(*b));
 	b->size = size;
 	b->max_held_bytes = max_held_bytes;
-	b->data = malloc(size);
+	b->data = relay_buffer_alloc(size);
 	return b->data ? 0 : ENOMEM;
 }
 
@@ -59,7 +81,7 @@ relay_buffer_trim(struct relay_buffer *b)
 {
 	while (b->free_list) {
 		void *next = *(void **)b->free_list;
-		free(b->free_list);
+		relay_buffer_release(b->free_list, b->size);
 		b->free_list = next;
 	}
 	b->free_bytes = 0;
@@ -69,7 +91,7 @@ void
 relay_buffer_free(struct relay_buffer *b)
 {
 	relay_buffer_trim(b);
-	free(b->data);
+	relay_buffer_release(b->data, b->size);
 	b->data = NULL;
 }
 
@@ -83,7 +105,7 @@ can_hold(struct relay_buffer *b)
 	if (b->held_bytes + b->size > b->max_held_bytes) {
 		return 0;
 	}
-	if (b->free_list == NULL && (b->free_list = malloc(b->size)) != NULL) {
+	if (b->free_list == NULL && (b->free_list = relay_buffer_alloc(b->size)) != NULL) {
 		*(void **)b->free_list = NULL;
 		b->free_bytes = b->size;
 	}
@@ -125,7 +147,7 @@ unhold(struct pump *p, struct relay_buffer *b)
 			b->free_list = p->held;
 			b->free_bytes += b->size;
 		} else {
-			free(p->held);
+			relay_buffer_release(p->held, p->held_size);
 		}
 	}
 	p->held = NULL;

@@ -69,6 +69,10 @@ struct relay_buffer {
 	size_t max_held_bytes;
 };
 
+/* A copy buffer of `size` bytes, or NULL; and its release. */
+uint8_t *relay_buffer_alloc(size_t size);
+void relay_buffer_release(void *p, size_t size);
+
 /* Allocates b->data. Returns 0 or ENOMEM. */
 int relay_buffer_init(struct relay_buffer *b, size_t size, size_t max_held_bytes);
 
