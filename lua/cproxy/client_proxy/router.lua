@@ -426,19 +426,12 @@ function M.new(deps)
 	local BAD_ANSWERS = {
 		["service-unavailable"] = true, ["feature-not-implemented"] = true, ["recipient-unavailable"] = true,
 	};
-	local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
-
 	local function is_bad_answer(stanza)
-		local err = stanza.attr.type == "error" and stanza:get_child("error");
-		if not err then
+		if stanza.attr.type ~= "error" then
 			return false;
 		end
-		for condition in err:childtags(nil, xmlns_stanzas) do
-			if condition.name ~= "text" then
-				return BAD_ANSWERS[condition.name] == true;
-			end
-		end
-		return false;
+		local _, condition = stanza:get_error();
+		return BAD_ANSWERS[condition] == true;
 	end
 
 	-- A bad answer to a user's request: counted against the resource, and a

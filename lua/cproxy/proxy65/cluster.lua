@@ -35,23 +35,11 @@ local ACTIVATE_TIMEOUT = 10;
 -- replies are told apart from everything else sent to the service JID.
 M.id_prefix = "cproxy-cluster-";
 
-local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
-
--- (type, condition, text) of an error reply.
+-- (type, condition, text) of an error reply (util.stanza's get_error,
+-- which the standalone's stanza library has too).
 local function error_of(stanza)
-	local err = stanza:get_child("error");
-	if not err then
-		return "cancel", "undefined-condition";
-	end
-	local condition, text;
-	for child in err:childtags(nil, xmlns_stanzas) do
-		if child.name == "text" then
-			text = child:get_text();
-		else
-			condition = condition or child.name;
-		end
-	end
-	return err.attr.type or "cancel", condition or "undefined-condition", text;
+	local kind, condition, text = stanza:get_error();
+	return kind or "cancel", condition or "undefined-condition", text;
 end
 
 ---------------------------------------------------------------- the node

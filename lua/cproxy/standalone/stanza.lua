@@ -118,6 +118,25 @@ function stanza_mt:get_child_text(name, xmlns)
 	return child and child:get_text();
 end
 
+-- An error stanza's type, condition and text, as util.stanza's get_error
+-- gives them (nothing without an <error/>, "undefined-condition" for an
+-- error with none), so that shared code reads errors one way.
+function stanza_mt:get_error()
+	local err = self:get_child("error");
+	if not err then
+		return nil;
+	end
+	local condition, text;
+	for child in err:childtags(nil, xmlns_stanzas) do
+		if child.name == "text" then
+			text = text or child:get_text();
+		else
+			condition = condition or child.name;
+		end
+	end
+	return err.attr.type, condition or "undefined-condition", text;
+end
+
 -- A result to an IQ (from and to swapped, the same id).
 function M.reply(stanza)
 	return M.new(stanza.name, {
