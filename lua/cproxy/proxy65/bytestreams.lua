@@ -92,10 +92,21 @@ function M.query(ctx, stanza)
 		ctx.log("warn", "Not listening on any port");
 		return ctx.st.error_reply(stanza, "wait", "item-not-found", "Not listening on any port");
 	end
+	local ours = {};
+	for i, streamhost in ipairs(M.order(ctx.streamhosts, ctx.report and ctx.report(), ctx.origin_ip)) do
+		ours[i] = { jid = ctx.host, host = streamhost.host, port = streamhost.port or port };
+	end
+	return M.answer(ctx, stanza, ours);
+end
+
+-- The result of a streamhost query: `streamhosts` (each { jid=, host=,
+-- port= }) in order. A cluster's front (cproxy/proxy65/cluster.lua)
+-- answers with its nodes' this way.
+function M.answer(ctx, stanza, streamhosts)
 	local reply = ctx.st.reply(stanza):tag("query", { xmlns = M.xmlns, sid = stanza.tags[1].attr.sid });
-	for _, streamhost in ipairs(M.order(ctx.streamhosts, ctx.report and ctx.report(), ctx.origin_ip)) do
-		reply:tag("streamhost", { jid = ctx.host, host = streamhost.host,
-			port = format("%d", streamhost.port or port) }):up();
+	for _, streamhost in ipairs(streamhosts) do
+		reply:tag("streamhost", { jid = streamhost.jid, host = streamhost.host,
+			port = format("%d", streamhost.port) }):up();
 	end
 	return reply;
 end
@@ -138,24 +149,32 @@ function M.activation(ctx, sid, from, to, origin_ip)
 	return { error_type[1], error_type[2], condition ~= "item-not-found" and text or nil };
 end
 
--- An <iq type='set'> activation (ctx as for M.activation).
-function M.activate(ctx, stanza)
+-- What an <iq type='set'> activation asks: sid, target (as written), or
+-- nil and the refusal to send (access denied, or no sid or target).
+function M.activation_request(ctx, stanza)
 	local refusal = denied(ctx, stanza);
 	if refusal then
-		return refusal;
+		return nil, refusal;
 	end
-	local st = ctx.st;
 	local query = stanza.tags[1];
-	local sid, from = query.attr.sid, stanza.attr.from;
-	local to = query:get_child_text("activate");
+	local sid, to = query.attr.sid, query:get_child_text("activate");
 	if not sid or sid == "" or not to then
-		return st.error_reply(stanza, "modify", "bad-request", "A sid and an activate element are required");
+		return nil, ctx.st.error_reply(stanza, "modify", "bad-request", "A sid and an activate element are required");
 	end
-	local failure = M.activation(ctx, sid, from, to, ctx.origin_ip);
+	return sid, to;
+end
+
+-- An <iq type='set'> activation (ctx as for M.activation).
+function M.activate(ctx, stanza)
+	local sid, to = M.activation_request(ctx, stanza);
+	if not sid then
+		return to;
+	end
+	local failure = M.activation(ctx, sid, stanza.attr.from, to, ctx.origin_ip);
 	if failure then
-		return st.error_reply(stanza, failure[1], failure[2], failure[3]);
+		return ctx.st.error_reply(stanza, failure[1], failure[2], failure[3]);
 	end
-	return st.reply(stanza);
+	return ctx.st.reply(stanza);
 end
 
 return M;

@@ -435,26 +435,16 @@ function M.query(front, ctx, stanza)
 		ctx.log("warn", "No proxy65 node is available");
 		return st.error_reply(stanza, "wait", "service-unavailable", "No relay node is available");
 	end
-	local reply = st.reply(stanza):tag("query", { xmlns = bytestreams.xmlns, sid = stanza.tags[1].attr.sid });
-	for _, streamhost in ipairs(streamhosts) do
-		reply:tag("streamhost", { jid = streamhost.jid, host = streamhost.host,
-			port = format("%d", streamhost.port) }):up();
-	end
-	return reply;
+	return bytestreams.answer(ctx, stanza, streamhosts);
 end
 
 -- An activation sent to the front; reply(stanza) sends the answer, now or
 -- once the nodes have answered.
 function M.activate_at_front(front, ctx, stanza, reply)
 	local st = ctx.st;
-	local refusal = bytestreams.denied(ctx, stanza);
-	if refusal then
-		return reply(refusal);
-	end
-	local query = stanza.tags[1];
-	local sid, target = query.attr.sid, query:get_child_text("activate");
-	if not sid or sid == "" or not target then
-		return reply(st.error_reply(stanza, "modify", "bad-request", "A sid and an activate element are required"));
+	local sid, target = bytestreams.activation_request(ctx, stanza);
+	if not sid then
+		return reply(target);
 	end
 	front:activate(stanza.attr.from, sid, target, ctx.origin_ip, function (ok, kind, condition, text)
 		if ok then
