@@ -7,7 +7,7 @@
 -- (cproxy/client_proxy/router.lua).
 -- SPDX-License-Identifier: MIT
 
-local ipairs, type = ipairs, type;
+local ipairs = ipairs;
 local resources = require "cproxy.client_proxy.resources";
 
 local M = {};
@@ -63,15 +63,6 @@ function M.from_prosody(module, readers)
 		settings[entry.field] = value;
 	end
 	return settings;
-end
-
--- A list option as the standalone takes it: "a,b" on the command line, or
--- a list in a config file.
-function M.list(value, split)
-	if type(value) == "table" then
-		return value;
-	end
-	return split(value);
 end
 
 return M;

@@ -36,8 +36,8 @@ local COMMON = {
 -- (the component's own: { flag, kind, default, meaning }), and entries (a
 -- component's option table, cproxy/proxy65/options.lua or
 -- cproxy/client_proxy/options.lua: each entry's flag, kind, bounds or
--- choices, default and meaning; a "jid" or "list" entry is taken as a
--- string, a list comma-separated).
+-- choices, default and meaning; a "jid" entry is taken as a string, a
+-- "list" one as a comma-separated string and given as a list).
 function M.new(spec)
 	local options = {};
 	for _, option in ipairs(spec.options) do
@@ -113,7 +113,8 @@ local function convert(option, value, where)
 			end
 		end
 	elseif type(value) == "string" then
-		return value;
+		-- A list entry's comma-separated items, as a list.
+		return entry and entry.kind == "list" and M.split_list(value) or value;
 	end
 	return nil, format("%s: %s must be %s, not %q", where, option[1], expected(option), tostring(value));
 end

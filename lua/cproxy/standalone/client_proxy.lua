@@ -48,7 +48,7 @@ local function settings_of(opts)
 	for _, entry in ipairs(option_table.entries) do
 		local value = opts[entry.flag];
 		if entry.kind == "list" then
-			value = option_table.list(value, cli.split_list);
+			value = value or {}; -- not given
 		end
 		settings[entry.field] = value;
 	end

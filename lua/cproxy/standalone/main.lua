@@ -20,7 +20,7 @@ local loop_lib = require "cproxy.standalone.loop";
 
 local socket = require "socket";
 
-local ipairs, tostring, type = ipairs, tostring, type;
+local ipairs, tostring = ipairs, tostring;
 local format = string.format;
 
 local M = {};
@@ -63,10 +63,7 @@ function M.main(args, env)
 		return jid; -- the exit status
 	end
 	local log = cli.logger(opts["log-level"]);
-	local function list(value)
-		return type(value) == "table" and value or cli.split_list(value);
-	end
-	local nodes, fronts = list(opts.nodes), list(opts.fronts);
+	local nodes, fronts = opts.nodes or {}, opts.fronts or {};
 
 	local listens = {};
 	-- A front relays nothing itself unless told where to listen.
