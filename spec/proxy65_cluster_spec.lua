@@ -323,6 +323,17 @@ local function start_nodes(w, port_of)
 	end
 end
 
+-- Stops what a setup started, whatever it got to.
+local function stop_all(w)
+	if w.front then
+		w.front.stop();
+	end
+	for _, node in ipairs(w.nodes or {}) do
+		node.stop();
+	end
+	bs.stop(w.server, w.alice, w.bob);
+end
+
 describe("proxy65 nodes behind a front in Prosody #integration #cluster", function ()
 	local w = {};
 
@@ -339,10 +350,7 @@ describe("proxy65 nodes behind a front in Prosody #integration #cluster", functi
 	end);
 
 	teardown(function ()
-		for _, node in ipairs(w.nodes or {}) do
-			node.stop();
-		end
-		bs.stop(w.server, w.alice, w.bob);
+		stop_all(w);
 	end);
 
 	cluster_specs(function () return w; end);
@@ -391,11 +399,7 @@ describe("proxy65 nodes behind a front in ejabberd #ejabberd #cluster", function
 	end);
 
 	teardown(function ()
-		if w.front then w.front.stop(); end
-		for _, node in ipairs(w.nodes or {}) do
-			node.stop();
-		end
-		bs.stop(w.server, w.alice, w.bob);
+		stop_all(w);
 	end);
 
 	cluster_specs(function () return w; end);
